@@ -1,0 +1,390 @@
+"""ICL prompts and their segment-wise tokenization with exact token roles (PAPER.md §0.3).
+
+Implements the paper's prompt assembly: every demonstration is ``format_s`` with its label
+word, the query is ``format_s`` with an empty label, all joined by a single ``"\\n"``, so the
+prompt ends at the label prefix's ``":"`` (the target position). :func:`tokenize_prompts`
+tokenizes the prompt one segment at a time (input prefix, text, label prefix, label word,
+separator), so the role of every token is known by construction: no string search and no
+trigram hashing as in the official code. It checks that the segments give the same tokens as
+the whole prompt string and refuses the prompt otherwise.
+
+Deliberately not here: datasets, demonstration sampling protocols and seeds (a later module);
+:func:`toy_prompts` only builds a small offline toy set for examples and tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from anchor_flow.errors import ContextLengthError, LabelWordError, PromptError
+from anchor_flow.roles import (
+    PromptBatch,
+    Role,
+    RowBuilder,
+    check_whole_string,
+    label_word_tokens,
+    resolve_bos,
+    stack_rows,
+)
+from anchor_flow.toy import TOY_NEGATIVE, TOY_POSITIVE, toy_sentiment_examples
+
+__all__ = [
+    "Example",
+    "ICLPrompt",
+    "PromptBatch",
+    "Role",
+    "Template",
+    "load_prompts",
+    "save_prompts",
+    "tokenize_prompts",
+    "toy_prompts",
+]
+
+
+@dataclass(frozen=True)
+class Template:
+    """One demonstration's layout: ``input_prefix + text_lead + text + label_prefix + label``.
+
+    Example:
+        >>> Template().render("a fine film", " Positive")
+        'Review: a fine film\\nSentiment: Positive'
+    """
+
+    input_prefix: str = "Review:"
+    label_prefix: str = "\nSentiment:"
+    separator: str = "\n"
+    text_lead: str = " "  # GPT-2 BPE attaches the space to the next word, so it goes with the text
+
+    def __post_init__(self) -> None:
+        if not self.label_prefix:
+            raise PromptError(
+                "Template.label_prefix is empty; the prediction is read at its last token"
+            )
+
+    @classmethod
+    def from_format(cls, format_string: str, separator: str = "\n") -> Template:
+        """Parse a paper-style ``format_s`` such as ``"Review: {text}\\nSentiment:{label}"``.
+
+        Example:
+            >>> Template.from_format("Article: {text}\\nAnswer:{label}").input_prefix
+            'Article:'
+        """
+        counts = {key: format_string.count(key) for key in ("{text}", "{label}")}
+        if counts != {"{text}": 1, "{label}": 1}:
+            raise PromptError(
+                f"format string {format_string!r} must contain '{{text}}' and '{{label}}' "
+                f"exactly once each, e.g. 'Review: {{text}}\\nSentiment:{{label}}'"
+            )
+        text_at, label_at = format_string.index("{text}"), format_string.index("{label}")
+        if not text_at < label_at or not format_string.endswith("{label}"):
+            raise PromptError(
+                f"format string {format_string!r} must have '{{text}}' before '{{label}}' and end "
+                f"with '{{label}}', e.g. 'Review: {{text}}\\nSentiment:{{label}}'"
+            )
+        before = format_string[:text_at]
+        input_prefix = before.rstrip(" ")
+        return cls(
+            input_prefix=input_prefix,
+            label_prefix=format_string[text_at + len("{text}") : label_at],
+            separator=separator,
+            text_lead=before[len(input_prefix) :],
+        )
+
+    def render(self, text: str, label_word: str = "") -> str:
+        """One demonstration (or, with no label word, the query), exactly the paper's format_s."""
+        return self.input_prefix + self.text_lead + text + self.label_prefix + label_word
+
+
+@dataclass(frozen=True)
+class Example:
+    """An input text with its class index (``None`` for an unlabelled query).
+
+    Example:
+        >>> Example("a fine film", 1).label
+        1
+    """
+
+    text: str
+    label: int | None = None
+
+
+@dataclass(frozen=True)
+class ICLPrompt:
+    """Demonstrations and a query under one template and one set of label words.
+
+    Example:
+        >>> prompt = ICLPrompt(Template(), (" Negative", " Positive"),
+        ...                    (Example("dull", 0), Example("fun", 1)), Example("great"))
+        >>> print(prompt.text())
+        Review: dull
+        Sentiment: Negative
+        Review: fun
+        Sentiment: Positive
+        Review: great
+        Sentiment:
+    """
+
+    template: Template
+    label_words: tuple[str, ...]
+    demonstrations: tuple[Example, ...]
+    query: Example
+
+    def __post_init__(self) -> None:
+        if not self.label_words:
+            raise LabelWordError("ICLPrompt.label_words is empty; give one label word per class")
+        for c, word in enumerate(self.label_words):
+            if not word:
+                raise LabelWordError(f"label word of class {c} is empty in {self.label_words!r}")
+            if word in self.label_words[:c]:
+                raise LabelWordError(f"label word {word!r} appears twice in {self.label_words!r}")
+        n = len(self.label_words)
+        for i, demo in enumerate(self.demonstrations):
+            if demo.label is None or not 0 <= demo.label < n:
+                raise PromptError(
+                    f"demonstration {i} has label {demo.label!r}; expected a class index in "
+                    f"0..{n - 1} for label words {self.label_words!r}"
+                )
+        if self.query.label is not None and not 0 <= self.query.label < n:
+            raise PromptError(
+                f"query has label {self.query.label!r}; expected None or a class index "
+                f"in 0..{n - 1}"
+            )
+
+    def text(self) -> str:
+        """The whole prompt string, identical to the paper's (no trailing space after ``:``)."""
+        t = self.template
+        demos = [t.render(d.text, self.label_words[_class_of(d)]) for d in self.demonstrations]
+        return t.separator.join([*demos, t.render(self.query.text)])
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict; :meth:`from_dict` inverts it."""
+        return {
+            "template": asdict(self.template),
+            "label_words": list(self.label_words),
+            "demonstrations": [asdict(d) for d in self.demonstrations],
+            "query": asdict(self.query),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ICLPrompt:
+        """Rebuild a prompt from :meth:`to_dict` output (raises PromptError if malformed)."""
+        try:
+            if not isinstance(d["label_words"], list | tuple):
+                raise TypeError(f"label_words must be a list, got {d['label_words']!r}")
+            return cls(
+                template=Template(**d["template"]),
+                label_words=tuple(d["label_words"]),
+                demonstrations=tuple(Example(**e) for e in d["demonstrations"]),
+                query=Example(**d["query"]),
+            )
+        except (KeyError, TypeError) as err:
+            raise PromptError(
+                f"not an ICLPrompt dict ({type(err).__name__}: {err}); expected keys "
+                f"'template', 'label_words', 'demonstrations', 'query'"
+            ) from err
+
+
+def save_prompts(path: str | os.PathLike[str], prompts: Sequence[ICLPrompt]) -> None:
+    """Write prompts as JSONL, one per line, atomically (temp file + ``os.replace``).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "prompts.jsonl"
+        >>> save_prompts(path, toy_prompts(2)); len(load_prompts(path))
+        2
+    """
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for prompt in prompts:
+                f.write(json.dumps(prompt.to_dict(), ensure_ascii=False) + "\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_prompts(path: str | os.PathLike[str]) -> list[ICLPrompt]:
+    """Read prompts written by :func:`save_prompts` (blank lines are skipped).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "prompts.jsonl"
+        >>> save_prompts(path, toy_prompts(1)); load_prompts(path) == toy_prompts(1)
+        True
+    """
+    prompts = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise PromptError(f"expected a JSON object, got {type(record).__name__}")
+                prompts.append(ICLPrompt.from_dict(record))
+            except (json.JSONDecodeError, PromptError) as err:
+                raise PromptError(f"{path}, line {number}: not a valid prompt: {err}") from err
+    if not prompts:
+        raise PromptError(f"{path} contains no prompts")
+    return prompts
+
+
+def toy_prompts(n: int, *, shots_per_class: int = 1, seed: int = 0) -> list[ICLPrompt]:
+    """``n`` SST-2-style prompts over the offline toy sentences, reproducible from ``seed``.
+
+    Like the paper's §2.1 code, each query gets its own demonstrations (``shots_per_class`` per
+    class, never the query's own sentence), and one class order drawn per seed is used for all.
+
+    Example:
+        >>> toy_prompts(1)[0].text().endswith("\\nSentiment:")
+        True
+    """
+    most = min(len(TOY_NEGATIVE), len(TOY_POSITIVE)) - 1  # the query's own sentence is excluded
+    if n < 0 or not 1 <= shots_per_class <= most:
+        raise PromptError(
+            f"toy_prompts needs n >= 0 and 1 <= shots_per_class <= {most}, got n={n}, "
+            f"shots_per_class={shots_per_class}"
+        )
+    pools = (TOY_NEGATIVE, TOY_POSITIVE)
+    rng = random.Random(seed)
+    order = [c for c in range(len(pools)) for _ in range(shots_per_class)]
+    rng.shuffle(order)
+    prompts = []
+    for text, label in toy_sentiment_examples(n, seed=seed):
+        draws = {
+            c: rng.sample([s for s in pools[c] if s != text], shots_per_class) for c in range(2)
+        }
+        demos = tuple(Example(draws[c].pop(), c) for c in order)
+        prompts.append(
+            ICLPrompt(Template(), (" Negative", " Positive"), demos, Example(text, label))
+        )
+    return prompts
+
+
+def tokenize_prompts(
+    prompts: Sequence[ICLPrompt],
+    tokenizer: Any,
+    *,
+    prepend_bos: bool | None = None,
+    label_token_policy: Literal["single", "first", "all"] = "single",
+    max_length: int | None = None,
+    pad_token_id: int | None = None,
+) -> PromptBatch:
+    """Tokenize prompts segment by segment into a right-padded :class:`PromptBatch`.
+
+    Example:
+        >>> from anchor_flow.toy import build_toy_tokenizer
+        >>> batch = tokenize_prompts(toy_prompts(2), build_toy_tokenizer())
+        >>> batch.str_tokens[0][batch.target_position[0]]
+        ':'
+
+    Args:
+        prompts: the prompts; all must have the same number of classes.
+        tokenizer: a Hugging Face tokenizer (called with ``add_special_tokens=False``).
+        prepend_bos: None does what the tokenizer does with ``add_special_tokens=True``
+            (GPT-2: no BOS, as in the paper; Llama-style: BOS); True/False force it.
+        label_token_policy: "single" refuses multi-token label words; "first" makes the first
+            token the anchor (LABEL) and the rest LABEL_REST (the paper); "all" marks all LABEL.
+        max_length: the model's context length; None uses ``tokenizer.model_max_length`` when
+            it is a real limit (< 1e6), else no limit.
+        pad_token_id: pad id; default the tokenizer's pad, else EOS, else 0.
+
+    Raises:
+        PromptError: no prompts, mixed class counts, or segments that tokenize differently
+            from the whole prompt string.
+        LabelWordError: a label word that is multi-token under "single", empty, or shares its
+            first token with another class's.
+        ContextLengthError: a prompt longer than ``max_length``.
+    """
+    if label_token_policy not in ("single", "first", "all"):
+        raise PromptError(
+            f"label_token_policy {label_token_policy!r}; expected 'single', 'first' or 'all'"
+        )
+    if not prompts:
+        raise PromptError("tokenize_prompts got an empty list of prompts")
+    n_classes = len(prompts[0].label_words)
+    for i, p in enumerate(prompts):
+        if len(p.label_words) != n_classes:
+            raise PromptError(
+                f"prompt {i} has {len(p.label_words)} classes {p.label_words!r} but prompt 0 has "
+                f"{n_classes} {prompts[0].label_words!r}; one batch needs one number of classes"
+            )
+    cache: dict[str, list[int]] = {}
+    decoded: dict[int, str] = {}
+
+    def encode(s: str) -> list[int]:
+        if s not in cache:
+            cache[s] = (
+                [int(t) for t in tokenizer(s, add_special_tokens=False)["input_ids"]] if s else []
+            )
+        return cache[s]
+
+    def decode(token: int) -> str:
+        if token not in decoded:
+            decoded[token] = str(tokenizer.decode([token]))
+        return decoded[token]
+
+    bos = resolve_bos(tokenizer, prepend_bos)
+    if max_length is None:
+        limit = getattr(tokenizer, "model_max_length", None)
+        max_length = limit if isinstance(limit, int) and limit < 1e6 else None
+    words_ids: dict[tuple[str, ...], list[list[int]]] = {}
+    rows = []
+    for i, p in enumerate(prompts):
+        if p.label_words not in words_ids:
+            words_ids[p.label_words] = label_word_tokens(
+                p.label_words, encode, label_token_policy, decode
+            )
+        row, t, n_demos = RowBuilder(), p.template, len(p.demonstrations)
+        if bos is not None:
+            row.add([bos], Role.BOS, -1)
+        for d, ex in enumerate(p.demonstrations):
+            label = _class_of(ex)
+            word = words_ids[p.label_words][label]
+            rest = Role.LABEL if label_token_policy == "all" else Role.LABEL_REST
+            row.add(encode(t.input_prefix), Role.FORMAT, d)
+            row.add(encode(t.text_lead + ex.text), Role.TEXT, d)
+            row.add(encode(t.label_prefix), Role.FORMAT, d)
+            row.add(word, [Role.LABEL] + [rest] * (len(word) - 1), d, label)
+            row.add(encode(t.separator), Role.FORMAT, d)
+        row.add(encode(t.input_prefix), Role.FORMAT, n_demos)
+        row.add(encode(t.text_lead + p.query.text), Role.TEXT, n_demos)
+        prefix = encode(t.label_prefix)
+        if not prefix:
+            raise PromptError(
+                f"prompt {i}: label prefix {t.label_prefix!r} is 0 tokens for this tokenizer"
+            )
+        row.add(prefix, [Role.FORMAT] * (len(prefix) - 1) + [Role.TARGET], n_demos)
+        check_whole_string(i, p.text(), row.tokens[0 if bos is None else 1 :], tokenizer, decode)
+        if max_length is not None and len(row.tokens) > max_length:
+            raise ContextLengthError(
+                f"prompt {i} is {len(row.tokens)} tokens, longer than the context length "
+                f"{max_length} (max_length); use fewer demonstrations or shorter texts"
+            )
+        rows.append(row)
+    if pad_token_id is None:
+        for name in ("pad_token_id", "eos_token_id"):
+            if (pad_token_id := getattr(tokenizer, name, None)) is not None:
+                break
+    return stack_rows(
+        rows,
+        pad_token_id=int(pad_token_id) if pad_token_id is not None else 0,
+        label_token_ids=[[w[0] for w in words_ids[p.label_words]] for p in prompts],
+        gold=[-1 if p.query.label is None else p.query.label for p in prompts],
+        str_tokens=tuple(tuple(decode(tok) for tok in r.tokens) for r in rows),
+    )
+
+
+def _class_of(example: Example) -> int:
+    if example.label is None:  # ICLPrompt.__post_init__ already refuses this
+        raise PromptError(f"demonstration {example!r} has no label")
+    return example.label
