@@ -222,17 +222,23 @@ def load_prompts(path: str | os.PathLike[str]) -> list[ICLPrompt]:
         True
     """
     prompts = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise PromptError(f"expected a JSON object, got {type(record).__name__}")
-                prompts.append(ICLPrompt.from_dict(record))
-            except (json.JSONDecodeError, PromptError) as err:
-                raise PromptError(f"{path}, line {number}: not a valid prompt: {err}") from err
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise PromptError(
+            f"cannot read prompts from {str(path)!r} ({err.strerror}); expected a JSONL file "
+            "written by save_prompts or `anchor-flow prompts`"
+        ) from err
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise PromptError(f"expected a JSON object, got {type(record).__name__}")
+            prompts.append(ICLPrompt.from_dict(record))
+        except (json.JSONDecodeError, PromptError) as err:
+            raise PromptError(f"{path}, line {number}: not a valid prompt: {err}") from err
     if not prompts:
         raise PromptError(f"{path} contains no prompts")
     return prompts

@@ -80,7 +80,7 @@ def test_save_load_round_trip_and_atomicity(tmp_path):
     assert torch.equal(loaded.values, flow.values)
     assert loaded.settings == {"loss": "gold"}
     summary = json.loads(path.read_text())
-    assert [sorted(row) for row in summary["layers"]][0] == sorted(
+    assert sorted(summary["layers"][0]) == sorted(
         ["layer", "S_wp", "S_pq", "S_ww", "S_wp_normalised", "S_pq_normalised", "S_ww_normalised"]
     )
 
@@ -110,7 +110,7 @@ def test_errors_name_the_input(tmp_path):
 
 
 def test_bootstrap_interval_errors_and_single_row():
-    with pytest.raises(AnchorFlowError, match="level=1.5"):
+    with pytest.raises(AnchorFlowError, match=r"level=1\.5"):
         bootstrap_interval(torch.rand(3, 2), level=1.5)
     with pytest.raises(AnchorFlowError, match="0 rows"):
         bootstrap_interval(torch.rand(0, 2))

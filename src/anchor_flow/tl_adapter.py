@@ -1,0 +1,489 @@
+"""The one module that knows TransformerLens internals.
+
+Hook names, model classes, forward keyword arguments, the weight-processing check and the
+attention-hook liveness probe live here, so that a TransformerLens upgrade touches this file
+(and the tests' model builders) and nothing else. Works with ``HookedTransformer`` (TL 3.x)
+and ``TransformerBridge`` (TL 3.9 and 4.x); TL is imported lazily.
+
+This module computes no paper quantity; it only gives the experiment modules (saliency,
+isolation, ...) a small, version-independent way to run the user's model:
+
+>>> adapter = adapt(model)                                  # doctest: +SKIP
+>>> with adapter.hooks(fwd_hooks=[(adapter.pattern_hook_name(0), fn)]):  # doctest: +SKIP
+...     logits = adapter.final_logits(tokens, positions)
+
+Deliberately not here: any permanent hook, any change of ``model.cfg``, weight processing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import re
+import tempfile
+import warnings
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from anchor_flow.errors import DeadAttentionHooksError, ModelLoadError, UnsupportedModelError
+
+__all__ = [
+    "ModelAdapter",
+    "adapt",
+    "build_bridge",
+    "build_hooked_transformer",
+    "check_attention_hooks_live",
+    "frozen",
+    "hooked_transformer_class",
+    "tl_version",
+    "transformer_bridge_class",
+    "warn_if_value_biases_folded",
+]
+
+HookList = Sequence[tuple[str | Callable[[str], bool], Callable[..., Any]]]
+_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def tl_version() -> str:
+    """The installed ``transformer-lens`` version string, e.g. ``"3.9.0"``."""
+    return importlib.metadata.version("transformer-lens")
+
+
+def hooked_transformer_class() -> Any:
+    """``HookedTransformer``, or ``None`` where the installed TL removed it (4.0+)."""
+    try:
+        from transformer_lens import HookedTransformer
+    except ImportError:
+        return None
+    return HookedTransformer
+
+
+def transformer_bridge_class() -> Any:
+    """``TransformerBridge``, or ``None`` where the installed TL has none."""
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+    except ImportError:
+        return None
+    return TransformerBridge
+
+
+class _StopAtFinalNormError(Exception):
+    """Carries the residual stream out of a bridge forward before the final norm."""
+
+    def __init__(self, residual: Tensor) -> None:
+        super().__init__("stopped before the final layer norm")
+        self.residual = residual
+
+
+@dataclass(frozen=True, eq=False)
+class ModelAdapter:
+    """A TL model plus the few facts and forward variants anchor_flow needs.
+
+    Build one with :func:`adapt`. The model is never mutated permanently.
+    """
+
+    model: Any = field(repr=False)
+    kind: Literal["hooked", "bridge"]
+    n_layers: int
+    n_heads: int
+    n_key_value_heads: int
+    d_model: int
+    d_head: int
+    d_vocab: int
+    n_ctx: int
+    tokenizer: Any | None = field(repr=False)
+    name: str
+
+    # --- hook names -------------------------------------------------------------------------
+    def _check_layer(self, layer: int) -> int:
+        if not 0 <= layer < self.n_layers:
+            raise UnsupportedModelError(
+                f"layer {layer} is out of range for {self.name!r} with {self.n_layers} layers; "
+                f"expected 0 <= layer < {self.n_layers}"
+            )
+        return layer
+
+    def pattern_hook_name(self, layer: int) -> str:
+        """Attention probabilities ``[batch head_index query_pos key_pos]`` of ``layer``."""
+        return f"blocks.{self._check_layer(layer)}.attn.hook_pattern"
+
+    def scores_hook_name(self, layer: int) -> str:
+        """Pre-softmax attention scores of ``layer`` (post-hoc copy on some bridges)."""
+        return f"blocks.{self._check_layer(layer)}.attn.hook_attn_scores"
+
+    def q_hook_name(self, layer: int) -> str:
+        """Queries ``[batch pos head_index d_head]`` of ``layer``."""
+        return f"blocks.{self._check_layer(layer)}.attn.hook_q"
+
+    def k_hook_name(self, layer: int) -> str:
+        """Keys ``[batch pos n_key_value_heads d_head]`` of ``layer``."""
+        return f"blocks.{self._check_layer(layer)}.attn.hook_k"
+
+    def v_hook_name(self, layer: int) -> str:
+        """Values ``[batch pos n_key_value_heads d_head]`` of ``layer``."""
+        return f"blocks.{self._check_layer(layer)}.attn.hook_v"
+
+    def layer_of_hook(self, name: str) -> int:
+        """The block index in a hook name, e.g. ``"blocks.3.attn.hook_pattern"`` -> 3."""
+        match = _BLOCK_HOOK.match(name)
+        if match is None:
+            raise UnsupportedModelError(
+                f"hook name {name!r} is not a block hook; expected 'blocks.<layer>.<...>'"
+            )
+        return self._check_layer(int(match.group(1)))
+
+    # --- running ----------------------------------------------------------------------------
+    def hooks(
+        self, fwd_hooks: HookList = (), bwd_hooks: HookList = ()
+    ) -> contextlib.AbstractContextManager[Any]:
+        """TL's ``model.hooks``: hooks live only inside the block, also after an exception.
+
+        Run ``backward()`` inside the block, or backward hooks never fire.
+        """
+        return self.model.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks))
+
+    def forward_logits(
+        self, tokens: Int[Tensor, "batch pos"], attention_mask: Tensor | None = None
+    ) -> Float[Tensor, "batch pos d_vocab"]:
+        """Logits at every position (hooks active in an enclosing :meth:`hooks` fire)."""
+        return self.model(tokens, return_type="logits", attention_mask=attention_mask)
+
+    def final_logits(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        positions: Int[Tensor, " batch"],
+        attention_mask: Tensor | None = None,
+    ) -> Float[Tensor, "batch d_vocab"]:
+        """Logits only at ``positions[b]`` of each row ``b``: the final norm and the unembedding
+        run on one residual vector per row, not on every position.
+
+        Equals ``forward_logits(tokens)[arange(batch), positions]``; forward and backward hooks
+        active in an enclosing :meth:`hooks` block fire as in a full forward.
+        """
+        residual = self._final_residual(tokens, attention_mask)
+        rows = torch.arange(residual.shape[0], device=residual.device)
+        picked = residual[rows, positions.to(residual.device)][:, None, :]
+        ln_final = getattr(self.model, "ln_final", None)
+        if ln_final is not None:
+            picked = ln_final(picked)
+        return self.model.unembed(picked)[:, 0, :]
+
+    def _final_residual(
+        self, tokens: Tensor, attention_mask: Tensor | None
+    ) -> Float[Tensor, "batch pos d_model"]:
+        if self.kind == "hooked":
+            # HookedTransformer returns the residual after the last block when stopped there.
+            return self.model(tokens, attention_mask=attention_mask, stop_at_layer=self.n_layers)
+
+        # The bridge's stop_at_layer=n_layers runs the whole model (no block has that index),
+        # so leave the forward from the final norm's input hook instead.
+        def stop(residual: Tensor, hook: Any) -> None:
+            raise _StopAtFinalNormError(residual)
+
+        try:
+            with self.model.hooks(fwd_hooks=[("ln_final.hook_in", stop)]):
+                self.model(tokens, return_type="logits", attention_mask=attention_mask)
+        except _StopAtFinalNormError as caught:
+            return caught.residual
+        raise UnsupportedModelError(
+            f"{self.name!r}: the bridge never reached 'ln_final.hook_in'; final_logits needs a "
+            "final layer norm bridge"
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(_parameters(self.model))).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(_parameters(self.model))).dtype
+
+
+def adapt(model: Any) -> ModelAdapter:
+    """Wrap a ``HookedTransformer`` or ``TransformerBridge`` (an adapter is returned as-is).
+
+    Example:
+        >>> adapt(model).pattern_hook_name(0)  # doctest: +SKIP
+        'blocks.0.attn.hook_pattern'
+    """
+    if isinstance(model, ModelAdapter):
+        return model
+    hooked, bridge = hooked_transformer_class(), transformer_bridge_class()
+    if hooked is not None and isinstance(model, hooked):
+        kind: Literal["hooked", "bridge"] = "hooked"
+    elif bridge is not None and isinstance(model, bridge):
+        kind = "bridge"
+    else:
+        accepted = [c.__name__ for c in (hooked, bridge) if c is not None]
+        raise UnsupportedModelError(
+            f"got a {type(model).__module__}.{type(model).__qualname__}; expected a "
+            f"TransformerLens {' or '.join(accepted)} (transformer-lens {tl_version()}), e.g. "
+            "from anchor_flow.load_model(...)"
+        )
+    cfg = model.cfg
+    n_heads = int(cfg.n_heads)
+    return ModelAdapter(
+        model=model,
+        kind=kind,
+        n_layers=int(cfg.n_layers),
+        n_heads=n_heads,
+        n_key_value_heads=int(getattr(cfg, "n_key_value_heads", None) or n_heads),
+        d_model=int(cfg.d_model),
+        d_head=int(cfg.d_head),
+        d_vocab=int(cfg.d_vocab),
+        n_ctx=int(cfg.n_ctx),
+        tokenizer=getattr(model, "tokenizer", None),
+        name=str(getattr(cfg, "model_name", None) or type(model).__name__),
+    )
+
+
+def _modules(model: Any) -> list[torch.nn.Module]:
+    found: dict[int, torch.nn.Module] = {id(m): m for m in model.modules()}
+    # A bridge keeps the wrapped Hugging Face model outside its module tree.
+    original = model.__dict__.get("original_model") if hasattr(model, "__dict__") else None
+    if original is None and isinstance(model, torch.nn.Module):
+        with contextlib.suppress(AttributeError):
+            original = getattr(model, "original_model", None)
+    if isinstance(original, torch.nn.Module):
+        found.update({id(m): m for m in original.modules()})
+    return list(found.values())
+
+
+def _parameters(model: Any) -> list[torch.nn.Parameter]:
+    found: dict[int, torch.nn.Parameter] = {}
+    for module in _modules(model):
+        for p in module.parameters(recurse=False):
+            found[id(p)] = p
+    for p in model.parameters():
+        found[id(p)] = p
+    return list(found.values())
+
+
+@contextlib.contextmanager
+def frozen(model_or_adapter: Any) -> Iterator[Any]:
+    """Eval mode and ``requires_grad=False`` on every parameter inside the block.
+
+    Every flag and every module's training mode is restored on exit, also after an exception.
+    Yields the model.
+    """
+    model = adapt(model_or_adapter).model
+    modes = [(m, m.training) for m in _modules(model)]
+    flags = [(p, p.requires_grad) for p in _parameters(model)]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, mode in modes:
+            m.training = mode
+
+
+_LIVENESS: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
+
+_DEAD_ADVICE = (
+    "TransformerBridge delegates attention to Hugging Face for some architectures (GPT-J, "
+    "GPT-Neo, OPT, BERT, T5, ...): hook_pattern then fires on a copy, edits are discarded and "
+    "gradients never arrive. Use a HookedTransformer from transformer-lens 3.9 "
+    "(load_model(..., tl_class='hooked')), or an architecture whose bridge hooks are live "
+    "(GPT-2, Llama, Mistral, Qwen2, GPT-NeoX/Pythia)."
+)
+
+
+def _probe(adapter: ModelAdapter) -> str | None:
+    """The reason the attention hooks are dead, or ``None`` if both checks pass."""
+    name = adapter.pattern_hook_name(0)
+    n = min(4, adapter.n_ctx)
+    tokens = (torch.arange(1, n + 1) % adapter.d_vocab)[None].to(adapter.device)
+
+    def edit_to(key: str) -> Callable[[Tensor, Any], Tensor]:
+        def edit(pattern: Tensor, hook: Any) -> Tensor:
+            target = torch.zeros_like(pattern)
+            if key == "first":
+                target[..., 0] = 1.0
+            else:
+                target = target + torch.eye(pattern.shape[-1], dtype=pattern.dtype).to(target)
+            return target
+
+        return edit
+
+    with frozen(adapter), torch.no_grad():
+        base = adapter.forward_logits(tokens)
+        changed = False
+        for key in ("first", "self"):
+            with adapter.hooks(fwd_hooks=[(name, edit_to(key))]):
+                edited = adapter.forward_logits(tokens)
+            if (edited - base).abs().max() > 1e-6 * (1 + base.abs().max()):
+                changed = True
+                break
+    if not changed:
+        return f"edit check failed: replacing {name} left the logits unchanged"
+
+    fired: list[bool] = []
+    ones = torch.ones((), device=adapter.device, dtype=adapter.dtype, requires_grad=True)
+    fwd = [(name, lambda pattern, hook: pattern * ones)]
+    bwd = [(name, lambda grad, hook: fired.append(True))]
+    with frozen(adapter), torch.enable_grad(), adapter.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
+        logits = adapter.forward_logits(tokens)
+        if logits.requires_grad:
+            logits[:, -1].sum().backward()
+    if not fired:
+        return f"gradient check failed: a backward hook on {name} never fired"
+    return None
+
+
+def check_attention_hooks_live(model_or_adapter: Any) -> None:
+    """Raise :class:`DeadAttentionHooksError` unless layer 0's ``hook_pattern`` is live.
+
+    Two checks on a 4-token input: replacing the pattern changes the logits, and a backward
+    hook on the pattern fires. The verdict is cached per model object.
+    """
+    adapter = adapt(model_or_adapter)
+    if adapter.model not in _LIVENESS:
+        with warnings.catch_warnings():
+            # TL warns that edits are discarded; the verdict below says it plainly.
+            warnings.simplefilter("ignore")
+            _LIVENESS[adapter.model] = _probe(adapter)
+    reason = _LIVENESS[adapter.model]
+    if reason is not None:
+        raise DeadAttentionHooksError(
+            f"{adapter.name!r} ({type(adapter.model).__name__}, transformer-lens {tl_version()}): "
+            f"{reason}. {_DEAD_ADVICE}"
+        )
+
+
+def warn_if_value_biases_folded(model: Any) -> bool:
+    """Warn (``UserWarning``) if the value biases look folded into the output biases.
+
+    Folding (``fold_value_biases``, on by default in TL 3.x ``from_pretrained`` and 4.x
+    ``enable_compatibility_mode``) leaves the model's outputs unchanged but changes the
+    saliency A * dL/dA. Heuristic: every attention ``b_V`` is exactly 0 while some ``b_O`` is
+    not. Returns whether it warned.
+    """
+    adapter = adapt(model)
+    # Neither TL 3.9 nor 4.3 records fold_value_biases on cfg or the bridge, so read weights.
+    try:
+        b_v, b_o = adapter.model.b_V, adapter.model.b_O
+    except (AttributeError, KeyError, RuntimeError, NotImplementedError):
+        return False
+    if not isinstance(b_v, Tensor) or not isinstance(b_o, Tensor):
+        return False
+    folded = bool((b_v == 0).all()) and bool((b_o != 0).any())
+    if folded:
+        warnings.warn(
+            f"{adapter.name!r}: the attention value biases appear folded into the output biases "
+            "(fold_value_biases). The model's outputs are unchanged, but the saliency "
+            "A * dL/dA gains a term dL/dz * b_V constant over keys, which changes the "
+            "information-flow scores. Load unprocessed weights: anchor_flow.load_model(...), "
+            "HookedTransformer.from_pretrained_no_processing(...), or a TransformerBridge "
+            "without enable_compatibility_mode().",
+            UserWarning,
+            stacklevel=2,
+        )
+    return folded
+
+
+# --- building TL models from Hugging Face models (no weight processing) ---------------------
+def _reloadable_tokenizer(tokenizer: Any, folder: Path) -> Any:
+    """TL re-creates the tokenizer from ``init_kwargs['name_or_path']`` (KeyError for one built
+    in memory): give it a folder to reload from."""
+    if tokenizer is None or tokenizer.init_kwargs.get("name_or_path"):
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    tokenizer.save_pretrained(folder)
+    reloaded = AutoTokenizer.from_pretrained(folder)
+    reloaded.padding_side = tokenizer.padding_side
+    return reloaded
+
+
+def _architecture(hf_model: Any) -> str:
+    return str((getattr(hf_model.config, "architectures", None) or [type(hf_model).__name__])[0])
+
+
+def build_hooked_transformer(
+    hf_model: Any, tokenizer: Any, *, name: str, device: Any = None, dtype: Any = None
+) -> Any:
+    """A ``HookedTransformer`` with the Hugging Face model's weights, unprocessed, offline."""
+    hooked = hooked_transformer_class()
+    if hooked is None:
+        raise ModelLoadError(
+            f"tl_class='hooked' for {name!r}: HookedTransformer was removed in transformer-lens "
+            f"4.0 (installed: {tl_version()}); use tl_class='bridge', or install "
+            "transformer-lens 3.9"
+        )
+    import transformer_lens.loading_from_pretrained as tl_loading
+
+    dtype = dtype or next(hf_model.parameters()).dtype
+    device = device or next(hf_model.parameters()).device
+    with tempfile.TemporaryDirectory() as tmp:
+        # from_pretrained fetches the config from the hub; TL's converter reads a local
+        # config.json offline. TL 3.9 reads GPT-2's removed n_ctx: restore it.
+        config = hf_model.config.to_dict()
+        config["architectures"] = [_architecture(hf_model)]
+        config.setdefault("n_ctx", config.get("n_positions"))
+        (Path(tmp) / "config.json").write_text(json.dumps(config))
+        try:
+            cfg = tl_loading.get_pretrained_model_config(tmp, device=device, dtype=dtype)
+            state_dict = tl_loading.get_pretrained_state_dict(tmp, cfg, hf_model=hf_model)
+        except (KeyError, ValueError, NotImplementedError, AttributeError) as error:
+            raise ModelLoadError(
+                f"HookedTransformer cannot convert {name!r} ({_architecture(hf_model)}): "
+                f"{error}; anchor_flow converts {', '.join(HOOKED_ARCHITECTURES)}, or use "
+                "tl_class='bridge'"
+            ) from error
+        cfg.model_name = name
+        tokenizer = _reloadable_tokenizer(tokenizer, Path(tmp) / "tokenizer")
+        model = hooked(cfg, tokenizer=tokenizer, move_to_device=True)
+    model.load_and_process_state_dict(
+        state_dict,
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
+        refactor_factored_attn_matrices=False,
+    )
+    return model.eval()
+
+
+HOOKED_ARCHITECTURES = (
+    "GPT2LMHeadModel",
+    "GPTNeoXForCausalLM",
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "GPTJForCausalLM",
+    "GPTNeoForCausalLM",
+    "OPTForCausalLM",
+)
+
+
+def build_bridge(hf_model: Any, tokenizer: Any, *, name: str) -> Any:
+    """A ``TransformerBridge`` around the Hugging Face model (wrapped in place, unprocessed)."""
+    from transformer_lens.model_bridge.sources import build_bridge_from_module
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = _reloadable_tokenizer(tokenizer, Path(tmp))
+        try:
+            model = build_bridge_from_module(
+                hf_model,
+                _architecture(hf_model),
+                hf_config=hf_model.config,
+                tokenizer=tokenizer,
+                model_name=name,
+            )
+        except (KeyError, ValueError, NotImplementedError) as error:
+            raise ModelLoadError(
+                f"TransformerBridge cannot wrap {name!r} ({_architecture(hf_model)}): {error}"
+            ) from error
+    return model.eval()

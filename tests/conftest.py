@@ -1,0 +1,92 @@
+"""Shared fixtures: the toy tokenizer, a tiny random GPT-2, TL models of each class, hygiene."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+from typing import Any
+
+import pytest
+import torch
+
+from anchor_flow import tl_adapter
+from anchor_flow.toy import build_toy_tokenizer
+
+TL_CLASSES = tuple(
+    kind
+    for kind, cls in (
+        ("hooked", tl_adapter.hooked_transformer_class()),
+        ("bridge", tl_adapter.transformer_bridge_class()),
+    )
+    if cls is not None
+)
+
+
+@pytest.fixture(scope="session")
+def toy_tokenizer() -> Any:
+    """The offline 600-token byte-level BPE tokenizer (anchor_flow.toy)."""
+    return build_toy_tokenizer()
+
+
+def make_tiny_hf_gpt2(n_layer: int = 2, seed: int = 0) -> Any:
+    """A seeded random GPT2LMHeadModel (eager attention, eval) with nonzero random biases,
+    so that folding the value biases is detectable."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        n_layer=n_layer,
+        n_head=4,
+        n_embd=32,
+        n_positions=128,
+        vocab_size=600,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        attn_implementation="eager",
+        # Larger than GPT-2's 0.02 so that attention matters and saliency is far from 0.
+        initializer_range=0.1,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("bias"):
+                    param.normal_(0.0, 0.2)
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_hf_gpt2() -> Any:
+    """A fresh tiny GPT-2 per test (a bridge wraps the HF model in place)."""
+    return make_tiny_hf_gpt2()
+
+
+@pytest.fixture(params=TL_CLASSES)
+def tl_model(request: pytest.FixtureRequest, tiny_hf_gpt2: Any, toy_tokenizer: Any) -> Any:
+    """A fresh TL model of each class the installed TransformerLens offers."""
+    from anchor_flow.loading import from_hf_model
+
+    model = from_hf_model(tiny_hf_gpt2, toy_tokenizer, tl_class=request.param)
+    yield model
+    assert_no_hooks(model)
+
+
+def assert_no_hooks(model: Any) -> None:
+    """Hygiene: no temporary forward/backward hook remains on any hook point of ``model``.
+
+    Permanent TL hooks (``add_perma_hook``; the OPT bridge installs some itself) are allowed;
+    raw torch hooks not registered through TL are not.
+    """
+    model = tl_adapter.adapt(model).model
+    left = {}
+    for name, point in model.hook_dict.items():
+        handles = [*getattr(point, "fwd_hooks", ()), *getattr(point, "bwd_hooks", ())]
+        temporary = sum(not h.is_permanent for h in handles)
+        raw = len(point._forward_hooks) + len(point._backward_hooks) - len(handles)
+        if temporary or raw > 0:
+            left[name] = (temporary, raw)
+    assert not left, f"hooks left on the model (temporary TL hooks, raw torch hooks): {left}"
