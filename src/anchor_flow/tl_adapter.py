@@ -444,7 +444,10 @@ def build_hooked_transformer(
             ) from error
         cfg.model_name = name
         tokenizer = _reloadable_tokenizer(tokenizer, Path(tmp) / "tokenizer")
-        model = hooked(cfg, tokenizer=tokenizer, move_to_device=True)
+        with warnings.catch_warnings():
+            # TL 3.9 deprecates the class; the user chose it (or TL 3.x's default) knowingly.
+            warnings.filterwarnings("ignore", message="HookedTransformer is deprecated")
+            model = hooked(cfg, tokenizer=tokenizer, move_to_device=True)
     model.load_and_process_state_dict(
         state_dict,
         fold_ln=False,

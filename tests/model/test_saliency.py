@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from anchor_flow.edges import FINE_GROUPS, edge_groups
+from anchor_flow.loading import from_hf_model
 from anchor_flow.errors import AnchorFlowError, DeadAttentionHooksError
 from anchor_flow.prompts import Example, ICLPrompt, Template, tokenize_prompts, toy_prompts
 from anchor_flow.saliency import run_saliency
-from anchor_flow.tl_adapter import adapt
-from conftest import assert_no_hooks, make_tiny_hf_gpt2
+from anchor_flow.tl_adapter import adapt, warn_if_value_biases_folded
+from conftest import TL_CLASSES, assert_no_hooks, make_tiny_hf_gpt2
 
 
 @pytest.fixture(scope="module")
@@ -267,3 +268,26 @@ def test_result_round_trip_and_frame(tl_model, prompts, tmp_path):
     assert len(frame) == result.n_prompts * result.n_layers * len(FINE_GROUPS)
     flows = result.flows()
     assert flows.values.shape == (len(prompts), 3, result.n_layers)
+
+
+@pytest.mark.hooked
+@pytest.mark.skipif("hooked" not in TL_CLASSES, reason="HookedTransformer needs transformer-lens 3.x")
+def test_scores_gradient_is_invariant_to_folding_value_biases(toy_tokenizer, prompts):
+    unprocessed = from_hf_model(make_tiny_hf_gpt2(), toy_tokenizer, tl_class="hooked")
+    folded = from_hf_model(make_tiny_hf_gpt2(), toy_tokenizer, tl_class="hooked")
+    folded.load_and_process_state_dict(
+        folded.state_dict(),
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=True,
+    )
+    kw = dict(keep_maps=True, progress=False)
+    with pytest.warns(UserWarning, match="value biases appear folded"):
+        assert warn_if_value_biases_folded(folded)
+    paper = [run_saliency(m, prompts, **kw) for m in (unprocessed, folded)]
+    assert_close(paper[0].label_probs, paper[1].label_probs)  # the same function
+    # The paper's A * dL/dA sees the folded bias (TL_NOTES); the scores gradient does not.
+    assert not torch.allclose(paper[0].maps, paper[1].maps, rtol=1e-3)
+    invariant = [run_saliency(m, prompts, gradient="scores", **kw) for m in (unprocessed, folded)]
+    assert_close(invariant[0].maps, invariant[1].maps, rtol=1e-3)
