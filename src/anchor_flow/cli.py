@@ -2,8 +2,9 @@
 
 ``anchor-flow saliency`` measures the paper's information flows (§2.1) for a model and a set
 of prompts and writes ``saliency.json``, ``flows.csv``, the raw result and ``report.html``.
-``anchor-flow prompts`` writes the built-in toy prompts as JSONL (the format ``--prompts``
-reads). Bad input ends with a one-line error and exit code 2, never a traceback.
+``anchor-flow report DIR`` re-renders a results folder's report; ``anchor-flow prompts``
+writes the built-in toy prompts as JSONL (the format ``--prompts`` reads). Bad input ends
+with a one-line error and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     saliency.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    report = commands.add_parser("report", help="re-render report.html of a results folder")
+    report.add_argument("directory", type=Path, help="folder written by `anchor-flow saliency`")
+
     prompts = commands.add_parser("prompts", help="write the built-in toy prompts as JSONL")
     prompts.add_argument("--out", type=Path, required=True, help="JSONL file to write")
     prompts.add_argument("--n-prompts", type=int, default=32)
@@ -86,9 +90,10 @@ def _write_json(path: Path, data: object) -> None:
 
 def _run_saliency(args: argparse.Namespace) -> None:
     from anchor_flow import __version__
+    from anchor_flow.flows import InformationFlow
     from anchor_flow.loading import load_model
     from anchor_flow.prompts import load_prompts, toy_prompts
-    from anchor_flow.report import saliency_report_sections, write_report
+    from anchor_flow.report import write_saliency_report
     from anchor_flow.saliency import run_saliency
     from anchor_flow.tl_adapter import adapt, tl_version
 
@@ -112,14 +117,9 @@ def _run_saliency(args: argparse.Namespace) -> None:
         label_token_policy=args.label_token_policy,
         progress=not args.quiet,
     )
-    flow = result.flows()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    result.save(out / "saliency")
-    frame = flow.to_frame()
-    tmp_csv = out / "flows.csv.tmp"
-    frame.to_csv(tmp_csv, index=False)
-    os.replace(tmp_csv, out / "flows.csv")
+    adapter = adapt(model)
     settings = {
         **result.settings,
         "prompts": source,
@@ -127,16 +127,15 @@ def _run_saliency(args: argparse.Namespace) -> None:
         "anchor_flow": __version__,
         "transformer_lens": tl_version(),
         "model_source": args.model,
-        "device": str(adapt(model).device),
+        "device": str(adapter.device),
     }
-    write_report(
-        out / "report.html",
-        saliency_report_sections(flow, result),
-        title=f"Information flow: {adapt(model).name}",
-        settings=settings,
-    )
+    flow = InformationFlow(result.flows().values, settings)
+    result.save(out / "saliency")
+    tmp_csv = out / "flows.csv.tmp"
+    flow.to_frame().to_csv(tmp_csv, index=False)
+    os.replace(tmp_csv, out / "flows.csv")
+    write_saliency_report(out / "report.html", flow, result)
     summary = flow.summary()
-    summary["settings"] = settings
     summary["accuracy"] = result.accuracy() if bool((result.gold >= 0).any()) else None
     # Written last: its presence marks a complete run.
     _write_json(out / "saliency.json", summary)
@@ -161,6 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "saliency":
             _run_saliency(args)
+        elif args.command == "report":
+            from anchor_flow.report import render_results_folder
+
+            print(f"anchor-flow: wrote {render_results_folder(args.directory)}")
         else:
             _run_prompts(args)
     except AnchorFlowError as error:

@@ -24,7 +24,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from anchor_flow.errors import AnchorFlowError
+from anchor_flow.errors import AnchorFlowError, ResultsError
 from anchor_flow.flows import InformationFlow
 from anchor_flow.plotting import (
     plot_flows,
@@ -33,7 +33,13 @@ from anchor_flow.plotting import (
 )
 from anchor_flow.saliency_result import SaliencyResult
 
-__all__ = ["ReportSection", "saliency_report_sections", "write_report"]
+__all__ = [
+    "ReportSection",
+    "render_results_folder",
+    "saliency_report_sections",
+    "write_report",
+    "write_saliency_report",
+]
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
@@ -262,3 +268,37 @@ def saliency_report_sections(
                 )
             )
     return sections
+
+
+def write_saliency_report(
+    path: str | os.PathLike[str], flow: InformationFlow, result: SaliencyResult | None = None
+) -> Path:
+    """The standard saliency report of one run, with ``flow.settings`` as its settings table."""
+    model = flow.settings.get("model", "model")
+    return write_report(
+        path,
+        saliency_report_sections(flow, result),
+        title=f"Information flow: {model}",
+        settings=flow.settings,
+    )
+
+
+def render_results_folder(directory: str | os.PathLike[str]) -> Path:
+    """Re-render ``report.html`` from what ``anchor-flow saliency`` wrote into ``directory``.
+
+    Example:
+        >>> render_results_folder("results/quickstart")  # doctest: +SKIP
+        PosixPath('results/quickstart/report.html')
+    """
+    directory = Path(directory)
+    summary = directory / "saliency.json"
+    if not summary.is_file():
+        raise ResultsError(
+            f"{str(directory)!r} holds no saliency.json; expected a results folder written by "
+            "`anchor-flow saliency` (a run that finished)"
+        )
+    flow = InformationFlow.load(summary)
+    result = (
+        SaliencyResult.load(directory / "saliency") if (directory / "saliency").is_dir() else None
+    )
+    return write_saliency_report(directory / "report.html", flow, result)

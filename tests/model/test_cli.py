@@ -73,3 +73,21 @@ def test_unknown_option_is_an_argparse_error(capsys):
         main(["saliency", "--out", "x", "--loss", "mse"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'mse'" in capsys.readouterr().err
+
+
+def test_report_command_re_renders_a_results_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["saliency", "--out", str(out), "--n-prompts", "3", "--keep-maps", "--quiet"]
+    assert main(args) == 0
+    first = (out / "report.html").read_text()
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0
+    second = (out / "report.html").read_text()
+    assert second.count('class="plotly-graph-div"') == first.count('class="plotly-graph-div"') == 5
+
+
+def test_report_command_refuses_an_unfinished_folder(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no saliency.json" in err
+    assert len(err.strip().splitlines()) == 1

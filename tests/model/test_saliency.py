@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from anchor_flow.edges import FINE_GROUPS, edge_groups
-from anchor_flow.loading import from_hf_model
 from anchor_flow.errors import AnchorFlowError, DeadAttentionHooksError
+from anchor_flow.loading import from_hf_model
 from anchor_flow.prompts import Example, ICLPrompt, Template, tokenize_prompts, toy_prompts
 from anchor_flow.saliency import run_saliency
 from anchor_flow.tl_adapter import adapt, warn_if_value_biases_folded
@@ -271,7 +271,9 @@ def test_result_round_trip_and_frame(tl_model, prompts, tmp_path):
 
 
 @pytest.mark.hooked
-@pytest.mark.skipif("hooked" not in TL_CLASSES, reason="HookedTransformer needs transformer-lens 3.x")
+@pytest.mark.skipif(
+    "hooked" not in TL_CLASSES, reason="HookedTransformer needs transformer-lens 3.x"
+)
 def test_scores_gradient_is_invariant_to_folding_value_biases(toy_tokenizer, prompts):
     unprocessed = from_hf_model(make_tiny_hf_gpt2(), toy_tokenizer, tl_class="hooked")
     folded = from_hf_model(make_tiny_hf_gpt2(), toy_tokenizer, tl_class="hooked")
