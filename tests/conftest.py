@@ -90,3 +90,14 @@ def assert_no_hooks(model: Any) -> None:
         if temporary or raw > 0:
             left[name] = (temporary, raw)
     assert not left, f"hooks left on the model (temporary TL hooks, raw torch hooks): {left}"
+
+
+def fold_value_biases(model: Any) -> None:
+    """Process a HookedTransformer (TL 3.x) with fold_value_biases only, in place."""
+    model.load_and_process_state_dict(
+        model.state_dict(),
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=True,
+    )

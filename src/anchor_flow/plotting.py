@@ -320,51 +320,38 @@ def plot_group_matrix(result: SaliencyResult, *, layer: int | None = None) -> go
             [f"{r}{_SEPARATOR}{c} ({flow_of[f'{r}{_SEPARATOR}{c}']})" for c in columns]
             for r in rows
         ]
-        figure = go.Figure(
-            go.Heatmap(
-                x=columns,
-                y=rows,
-                z=z,
-                text=text,
-                texttemplate="%{z:.2g}",
-                colorscale="Viridis",
-                colorbar={"title": {"text": "saliency per edge"}},
-                hoverongaps=False,
-                hovertemplate="%{text}<br>mean %{z:.3g}<extra></extra>",
-                name="group means",
-            )
-        )
-        figure.update_layout(
-            title={
-                "text": f"Role-to-role flow, layer {layer}"
-                f"<br><sup>n_prompts={result.n_prompts}</sup>"
-            },
-            xaxis={"title": {"text": "Source (read)"}, "tickangle": -35},
-            yaxis={"title": {"text": "Reader"}, "autorange": "reversed"},
-        )
+        x: list[str] = columns
+        y: list[str] | list[int] = rows
+        title = f"Role-to-role flow, layer {layer}"
+        axes = ("Source (read)", -35, "Reader")
+        hover = "%{text}<br>mean %{z:.3g}<extra></extra>"
     else:
-        groups = list(FINE_GROUPS)
+        x, y = list(FINE_GROUPS), list(range(result.n_layers))
         z = [_cells(row) for row in means]
-        text = [[f"{g} ({flow_of[g]})" for g in groups] for _ in range(result.n_layers)]
-        figure = go.Figure(
-            go.Heatmap(
-                x=groups,
-                y=list(range(result.n_layers)),
-                z=z,
-                text=text,
-                colorscale="Viridis",
-                colorbar={"title": {"text": "saliency per edge"}},
-                hoverongaps=False,
-                hovertemplate="%{text}<br>layer %{y}: mean %{z:.3g}<extra></extra>",
-                name="group means",
-            )
+        text = [[f"{g} ({flow_of[g]})" for g in x] for _ in y]
+        title = "Role-to-role flow per layer"
+        axes = ("Edge group (reader <- source)", -45, "Layer")
+        hover = "%{text}<br>layer %{y}: mean %{z:.3g}<extra></extra>"
+    figure = go.Figure(
+        go.Heatmap(
+            x=x,
+            y=y,
+            z=z,
+            text=text,
+            texttemplate="%{z:.2g}" if layer is not None else None,
+            colorscale="Viridis",
+            colorbar={"title": {"text": "saliency per edge"}},
+            hoverongaps=False,
+            hovertemplate=hover,
+            name="group means",
         )
-        figure.update_layout(
-            title={
-                "text": f"Role-to-role flow per layer<br><sup>n_prompts={result.n_prompts}</sup>"
-            },
-            xaxis={"title": {"text": "Edge group (reader <- source)"}, "tickangle": -45},
-            yaxis={"title": {"text": "Layer"}},
-        )
+    )
+    figure.update_layout(
+        title={"text": f"{title}<br><sup>n_prompts={result.n_prompts}</sup>"},
+        xaxis={"title": {"text": axes[0]}, "tickangle": axes[1]},
+        yaxis={"title": {"text": axes[2]}},
+    )
+    if layer is not None:
+        figure.update_yaxes(autorange="reversed")
     figure.update_layout(template="plotly_white")
     return figure

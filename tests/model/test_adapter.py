@@ -17,7 +17,7 @@ from anchor_flow.tl_adapter import (
     frozen,
     warn_if_value_biases_folded,
 )
-from conftest import TL_CLASSES, assert_no_hooks
+from conftest import TL_CLASSES, assert_no_hooks, fold_value_biases
 
 TOKENS = torch.tensor([[5, 17, 300, 42, 7, 99, 250], [1, 2, 3, 4, 5, 6, 7]])
 POSITIONS = torch.tensor([3, 6])
@@ -276,13 +276,7 @@ def test_warns_on_folded_value_biases_hooked(tiny_hf_gpt2: Any, toy_tokenizer: A
     from anchor_flow.loading import from_hf_model
 
     model = from_hf_model(tiny_hf_gpt2, toy_tokenizer, tl_class="hooked")
-    model.load_and_process_state_dict(
-        model.state_dict(),
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=True,
-    )
+    fold_value_biases(model)
     with pytest.warns(
         UserWarning, match=r"value biases appear folded.*from_pretrained_no_processing"
     ):

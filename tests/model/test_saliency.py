@@ -12,7 +12,7 @@ from anchor_flow.loading import from_hf_model
 from anchor_flow.prompts import Example, ICLPrompt, Template, tokenize_prompts, toy_prompts
 from anchor_flow.saliency import run_saliency
 from anchor_flow.tl_adapter import adapt, warn_if_value_biases_folded
-from conftest import TL_CLASSES, assert_no_hooks, make_tiny_hf_gpt2
+from conftest import TL_CLASSES, assert_no_hooks, fold_value_biases, make_tiny_hf_gpt2
 
 
 @pytest.fixture(scope="module")
@@ -277,13 +277,7 @@ def test_result_round_trip_and_frame(tl_model, prompts, tmp_path):
 def test_scores_gradient_is_invariant_to_folding_value_biases(toy_tokenizer, prompts):
     unprocessed = from_hf_model(make_tiny_hf_gpt2(), toy_tokenizer, tl_class="hooked")
     folded = from_hf_model(make_tiny_hf_gpt2(), toy_tokenizer, tl_class="hooked")
-    folded.load_and_process_state_dict(
-        folded.state_dict(),
-        fold_ln=False,
-        center_writing_weights=False,
-        center_unembed=False,
-        fold_value_biases=True,
-    )
+    fold_value_biases(folded)
     kw = dict(keep_maps=True, progress=False)
     with pytest.warns(UserWarning, match="value biases appear folded"):
         assert warn_if_value_biases_folded(folded)
