@@ -148,9 +148,10 @@ def load_task_file(path: str | os.PathLike[str]) -> Task:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as error:
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or error
         raise TaskError(
-            f"cannot read task description {str(path)!r} ({error.strerror}); expected a JSON or "
+            f"cannot read task description {str(path)!r} ({reason}); expected a JSON or "
             "YAML file with name, format and label_words"
         ) from error
     spec = _parse_description(path, text)
@@ -180,13 +181,30 @@ def load_task_file(path: str | os.PathLike[str]) -> Task:
         )
         if key in spec
     }  # fmt: skip
-    return Task(
-        name=str(spec["name"]),
-        template=Template.from_format(str(spec["format"]), separator=spec.get("separator", "\n")),
-        label_words=tuple(label_words),
-        label_names=tuple(spec.get("label_names", [w.strip() for w in label_words])),
-        **optional,
-    )
+    separator = spec.get("separator", "\n")
+    for key, value in (*optional.items(), ("separator", separator)):
+        if not isinstance(value, str) and not (value is None and key in ("hub_id", "hub_config")):
+            raise TaskError(f"{str(path)!r}: {key} must be a string, got {value!r}")
+    policy = optional.get("label_token_policy", "single")
+    if policy not in ("single", "first", "all"):
+        raise TaskError(
+            f"{str(path)!r}: label_token_policy={policy!r}; expected 'single', 'first' or 'all'"
+        )
+    label_names = spec.get("label_names", [w.strip() for w in label_words])
+    if not isinstance(label_names, list) or not all(isinstance(n, str) for n in label_names):
+        raise TaskError(
+            f"{str(path)!r}: label_names must be a list of strings, got {label_names!r}"
+        )
+    try:
+        return Task(
+            name=str(spec["name"]),
+            template=Template.from_format(str(spec["format"]), separator=separator),
+            label_words=tuple(label_words),
+            label_names=tuple(label_names),
+            **optional,
+        )
+    except AnchorFlowError as error:  # name the file in Task/Template validation errors
+        raise TaskError(f"task description {str(path)!r}: {error}") from error
 
 
 def _parse_description(path: Path, text: str) -> dict[str, Any]:
