@@ -7,6 +7,7 @@ Implements "Label Words are Anchors" (Wang et al., EMNLP 2023). Start with::
     plot_flows(result.flows())
 """
 
+from anchor_flow.data import TaskData, load_task_data, read_examples, save_task_data
 from anchor_flow.edges import FINE_GROUPS, PAPER_FLOWS, edge_groups, paper_edge_masks
 from anchor_flow.errors import (
     AnchorFlowError,
@@ -18,6 +19,7 @@ from anchor_flow.errors import (
     ResultsError,
     UnsupportedModelError,
 )
+from anchor_flow.evaluation import ICLResult, run_icl
 from anchor_flow.flows import InformationFlow
 from anchor_flow.loading import from_hf_model, load_model
 from anchor_flow.plotting import plot_flows, plot_group_matrix, plot_saliency_heatmap
@@ -34,17 +36,30 @@ from anchor_flow.report import ReportSection, write_report
 from anchor_flow.roles import PromptBatch, Role
 from anchor_flow.saliency import label_logits, run_saliency, saliency_hooks
 from anchor_flow.saliency_result import SaliencyResult
+from anchor_flow.sampling import (
+    PAPER_SEEDS,
+    SamplingError,
+    build_prompts,
+    fit_to_context,
+    per_example_demonstrations,
+    sample_demonstrations,
+    sample_test,
+    task_prompts,
+)
+from anchor_flow.tasks import Task, TaskError, get_task, load_task_file, register_task, task_names
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FINE_GROUPS",
     "PAPER_FLOWS",
+    "PAPER_SEEDS",
     "AnchorFlowError",
     "ContextLengthError",
     "DeadAttentionHooksError",
     "Example",
     "ICLPrompt",
+    "ICLResult",
     "InformationFlow",
     "LabelWordError",
     "ModelLoadError",
@@ -54,21 +69,39 @@ __all__ = [
     "ResultsError",
     "Role",
     "SaliencyResult",
+    "SamplingError",
+    "Task",
+    "TaskData",
+    "TaskError",
     "Template",
     "UnsupportedModelError",
     "__version__",
+    "build_prompts",
     "edge_groups",
+    "fit_to_context",
     "from_hf_model",
+    "get_task",
     "label_logits",
     "load_model",
     "load_prompts",
+    "load_task_data",
+    "load_task_file",
     "paper_edge_masks",
+    "per_example_demonstrations",
     "plot_flows",
     "plot_group_matrix",
     "plot_saliency_heatmap",
+    "read_examples",
+    "register_task",
+    "run_icl",
     "run_saliency",
     "saliency_hooks",
+    "sample_demonstrations",
+    "sample_test",
     "save_prompts",
+    "save_task_data",
+    "task_names",
+    "task_prompts",
     "tokenize_prompts",
     "toy_prompts",
     "write_report",

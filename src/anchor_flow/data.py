@@ -107,6 +107,9 @@ def load_task_data(task: Task | str, *, data_dir: str | os.PathLike[str] | None 
             test=read_examples(files["test"], task=task),
             source=f"local:{folder}",
         )
+    if task.builtin_data is not None:
+        train, test = task.builtin_data()
+        return TaskData(task=task, train=tuple(train), test=tuple(test), source="builtin")
     if task.hub_id is None:
         raise TaskError(
             f"task {task.name!r} has no hub_id, so its data cannot come from the Hugging Face "

@@ -298,7 +298,7 @@ def render_results_folder(directory: str | os.PathLike[str]) -> Path:
             "`anchor-flow saliency` (a run that finished)"
         )
     flow = InformationFlow.load(summary)
-    result = (
-        SaliencyResult.load(directory / "saliency") if (directory / "saliency").is_dir() else None
-    )
+    # Raw results live in saliency/ or, one per seed, in saliency/<run>/; heatmaps use the first.
+    runs = sorted(meta.parent for meta in (directory / "saliency").rglob("saliency_meta.json"))
+    result = SaliencyResult.load(runs[0]) if runs else None
     return write_saliency_report(directory / "report.html", flow, result)

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from anchor_flow.errors import AnchorFlowError
-from anchor_flow.prompts import Template
+from anchor_flow.prompts import Example, Template
+from anchor_flow.toy import TOY_NEGATIVE, TOY_POSITIVE
 
 __all__ = [
     "Task",
@@ -59,6 +61,8 @@ class Task:
         label_token_policy: how multi-token label words are handled (see
             :func:`anchor_flow.prompts.tokenize_prompts`); TREC needs ``"first"`` for GPT-2.
         description: one line for listings and reports.
+        builtin_data: for tasks shipped with the package (no hub, no folder): a function
+            returning the ``(train, test)`` examples, used when no ``data_dir`` is given.
     """
 
     name: str
@@ -73,6 +77,9 @@ class Task:
     label_column: str = "label"
     label_token_policy: LabelTokenPolicy = "single"
     description: str = ""
+    builtin_data: Callable[[], tuple[Sequence[Example], Sequence[Example]]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -281,5 +288,22 @@ register_task(
         label_names=("others", "happy", "sad", "angry"),
         hub_id="SemEvalWorkshop/emo",
         description="EmoContext (SemEval 2019 task 3) emotion, 4 classes",
+    )
+)
+
+
+def _toy_sentiment_data() -> tuple[Sequence[Example], Sequence[Example]]:
+    examples = [Example(t, 0) for t in TOY_NEGATIVE] + [Example(t, 1) for t in TOY_POSITIVE]
+    return examples, examples
+
+
+register_task(
+    Task(
+        name="toy-sentiment",
+        template=Template(input_prefix="Review:", label_prefix="\nSentiment:"),
+        label_words=(" Negative", " Positive"),
+        label_names=("negative", "positive"),
+        description="24 built-in toy sentences, SST-2 format (offline; for pipelines, not science)",
+        builtin_data=_toy_sentiment_data,
     )
 )

@@ -12,10 +12,12 @@ from anchor_flow.flows import InformationFlow
 from anchor_flow.prompts import load_prompts
 from anchor_flow.saliency_result import SaliencyResult
 
+QUICK = ["--n-examples", "6", "--seeds", "42", "--quiet"]
+
 
 def test_saliency_command_writes_every_output(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["saliency", "--out", str(out), "--n-prompts", "6", "--batch-size", "4", "--quiet"])
+    code = main(["saliency", "--out", str(out), "--batch-size", "4", *QUICK])
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "saliency.json").read_text())
     assert summary["schema"] == "anchor_flow.information_flow/1"
@@ -26,21 +28,33 @@ def test_saliency_command_writes_every_output(tmp_path, capsys):
         assert sum(shares) == pytest.approx(1.0)
         assert all(layer[name] >= 0 for name in ("S_wp", "S_pq", "S_ww"))
     settings = summary["settings"]
-    for key in ("model", "loss", "gradient", "head_reduction", "transformer_lens", "prompts"):
+    for key in ("model", "loss", "gradient", "head_reduction", "transformer_lens", "task", "seeds"):
         assert key in settings
-    assert 0.0 <= summary["accuracy"] <= 1.0
+    assert settings["task"] == "toy-sentiment"
+    assert settings["demonstrations"] == "per_example"
+    assert 0.0 <= summary["accuracy"]["seed-42"] <= 1.0
     assert InformationFlow.load(out / "saliency.json").n_prompts == 6
     frame = pd.read_csv(out / "flows.csv")
     assert set(frame["flow"]) == {"S_wp", "S_pq", "S_ww"}
-    assert SaliencyResult.load(out / "saliency").n_prompts == 6
-    html = (out / "report.html").read_text()
-    assert "plotly" in html.lower()
+    assert SaliencyResult.load(out / "saliency" / "seed-42").n_prompts == 6
+    assert "plotly" in (out / "report.html").read_text().lower()
     assert not list(out.rglob("*.tmp"))
+
+
+def test_seeds_pool_prompts_and_are_reproducible(tmp_path, capsys):
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        args = ["saliency", "--out", str(out), "--n-examples", "4", "--seeds", "42,43", "--quiet"]
+        assert main(args) == 0, capsys.readouterr().err
+        runs.append(json.loads((out / "saliency.json").read_text()))
+    assert runs[0]["n_prompts"] == 8
+    assert runs[0]["per_prompt"] == runs[1]["per_prompt"]
 
 
 def test_prompts_file_round_trip_through_the_cli(tmp_path, capsys):
     prompts_file = tmp_path / "prompts.jsonl"
-    assert main(["prompts", "--out", str(prompts_file), "--n-prompts", "3"]) == 0
+    assert main(["prompts", "--out", str(prompts_file), "--n-examples", "3", "--seeds", "7"]) == 0
     assert len(load_prompts(prompts_file)) == 3
     out = tmp_path / "run"
     code = main(["saliency", "--prompts", str(prompts_file), "--out", str(out), "--quiet"])
@@ -48,13 +62,43 @@ def test_prompts_file_round_trip_through_the_cli(tmp_path, capsys):
     assert json.loads((out / "saliency.json").read_text())["n_prompts"] == 3
 
 
+def test_task_from_a_description_file_and_a_local_folder(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [("a dull and lifeless film", "negative"), ("a wonderful and moving film", "positive")]
+    for split in ("train", "test"):
+        pd.DataFrame(rows * 3, columns=["text", "label"]).to_csv(data / f"{split}.csv", index=False)
+    task_file = tmp_path / "mytask.json"
+    task_file.write_text(
+        json.dumps(
+            {
+                "name": "my-sentiment",
+                "format": "Review: {text}\nSentiment:{label}",
+                "label_words": [" Negative", " Positive"],
+                "label_names": ["negative", "positive"],
+            }
+        )
+    )
+    out = tmp_path / "run"
+    args = ["evaluate", "--task", str(task_file), "--data-dir", str(data), "--out", str(out)]
+    assert main([*args, "--seeds", "42,43", "--quiet"]) == 0, capsys.readouterr().err
+    summary = json.loads((out / "icl.json").read_text())
+    assert summary["settings"]["task"] == "my-sentiment"
+    assert summary["settings"]["data"].startswith("local:")
+    assert [row["n_examples"] for row in summary["per_seed"]] == [6, 6]
+    assert 0.0 <= summary["accuracy_mean"] <= 1.0
+    assert (out / "icl.csv").read_text().startswith("run,n_examples,accuracy")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--model", "no-such-model-anywhere"], "no-such-model-anywhere"),
         (["--batch-size", "0"], "--batch-size=0; expected a positive integer"),
-        (["--n-prompts", "0"], "--n-prompts=0; expected a positive integer"),
+        (["--n-examples", "0"], "--n-examples=0; expected a positive integer"),
         (["--prompts", "does-not-exist.jsonl"], "does-not-exist.jsonl"),
+        (["--task", "no-such-task"], "unknown task 'no-such-task'"),
+        (["--task", "sst2"], "cannot load dataset"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(tmp_path, capsys, args, message):
@@ -68,17 +112,23 @@ def test_bad_arguments_give_one_line_errors(tmp_path, capsys, args, message):
     assert not (tmp_path / "run" / "saliency.json").exists()
 
 
-def test_unknown_option_is_an_argparse_error(capsys):
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["saliency", "--out", "x", "--loss", "mse"], "invalid choice: 'mse'"),
+        (["saliency", "--out", "x", "--seeds", "4x"], "'4x' is not a comma-separated list"),
+    ],
+)
+def test_malformed_options_are_argparse_errors(capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
-        main(["saliency", "--out", "x", "--loss", "mse"])
+        main(args)
     assert exit_info.value.code == 2
-    assert "invalid choice: 'mse'" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 def test_report_command_re_renders_a_results_folder(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["saliency", "--out", str(out), "--n-prompts", "3", "--keep-maps", "--quiet"]
-    assert main(args) == 0
+    assert main(["saliency", "--out", str(out), "--keep-maps", *QUICK]) == 0
     first = (out / "report.html").read_text()
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0
