@@ -164,7 +164,7 @@ def plot_flows(
     band_note = f", shaded: {band_label} over prompts" if ci else ""
     figure.update_layout(
         title={"text": f"{heading}<br><sup>n_prompts={flow.n_prompts}{band_note}</sup>"},
-        xaxis={"title": {"text": "Layer"}},
+        xaxis={"title": {"text": "Layer"}, "tickmode": "linear", "dtick": 1},
         yaxis={"title": {"text": quantity}},
         legend={"title": {"text": "Flow"}},
         hovermode="x unified",
@@ -353,5 +353,8 @@ def plot_group_matrix(result: SaliencyResult, *, layer: int | None = None) -> go
     )
     if layer is not None:
         figure.update_yaxes(autorange="reversed")
+    else:
+        figure.update_yaxes(tickmode="linear", dtick=1)
+        figure.update_layout(margin={"b": 160})
     figure.update_layout(template="plotly_white")
     return figure
