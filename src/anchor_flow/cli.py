@@ -86,9 +86,10 @@ def _task_options() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--on-overflow",
-        choices=["skip", "error"],
-        default="skip",
-        help="prompts longer than the context: skip and count them (the paper) or fail",
+        choices=["error", "skip"],
+        default="error",
+        help="prompts longer than the context: fail (default) or skip and count them, as the "
+        "paper dropped prompts over 1024 tokens",
     )
     return options
 

@@ -141,3 +141,24 @@ def test_report_command_refuses_an_unfinished_folder(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "holds no saliency.json" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_prompts_longer_than_the_context_fail_or_are_skipped_and_counted(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    long_text = " ".join(["a wonderful film"] * 120)  # far beyond toy-gpt2's 256 positions
+    train = [("a dull film", 0), ("a great film", 1)] * 3
+    test = [(long_text, 1), ("a fine film", 1), ("a bad film", 0)]
+    for name, rows in (("train", train), ("test", test)):
+        pd.DataFrame(rows, columns=["text", "label"]).to_json(
+            data / f"{name}.jsonl", orient="records", lines=True
+        )
+    args = ["saliency", "--task", "sst2", "--data-dir", str(data), "--seeds", "42", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "strict")]) == 2
+    err = capsys.readouterr().err
+    assert "tokens" in err
+    assert "256" in err
+    assert main([*args, "--out", str(tmp_path / "lenient"), "--on-overflow", "skip"]) == 0
+    summary = json.loads((tmp_path / "lenient" / "saliency.json").read_text())
+    assert summary["n_prompts"] == 2
+    assert summary["settings"]["skipped_too_long"] == {"42": 1}
