@@ -7,7 +7,17 @@ Implements "Label Words are Anchors" (Wang et al., EMNLP 2023). Start with::
     plot_flows(result.flows())
 """
 
+from anchor_flow.blocking import (
+    BlockingError,
+    block_edges_hooks,
+    blocking_hooks,
+    isolation_hooks,
+    isolation_mask,
+    random_rows,
+    role_pair_mask,
+)
 from anchor_flow.data import TaskData, load_task_data, read_examples, save_task_data
+from anchor_flow.deep import DeepResult, run_deep
 from anchor_flow.edges import FINE_GROUPS, PAPER_FLOWS, edge_groups, paper_edge_masks
 from anchor_flow.errors import (
     AnchorFlowError,
@@ -21,8 +31,10 @@ from anchor_flow.errors import (
 )
 from anchor_flow.evaluation import ICLResult, run_icl
 from anchor_flow.flows import InformationFlow
+from anchor_flow.isolation import IsolationResult, label_loyalty, run_isolation, word_loyalty
 from anchor_flow.loading import from_hf_model, load_model
 from anchor_flow.plotting import plot_flows, plot_group_matrix, plot_saliency_heatmap
+from anchor_flow.plotting_experiments import plot_deep, plot_flows_with_auc, plot_isolation
 from anchor_flow.prompts import (
     Example,
     ICLPrompt,
@@ -46,6 +58,7 @@ from anchor_flow.sampling import (
     sample_test,
     task_prompts,
 )
+from anchor_flow.synthetic import bag_of_words_accuracy, synthetic_prompts
 from anchor_flow.tasks import Task, TaskError, get_task, load_task_file, register_task, task_names
 
 __version__ = "0.1.0"
@@ -55,12 +68,15 @@ __all__ = [
     "PAPER_FLOWS",
     "PAPER_SEEDS",
     "AnchorFlowError",
+    "BlockingError",
     "ContextLengthError",
     "DeadAttentionHooksError",
+    "DeepResult",
     "Example",
     "ICLPrompt",
     "ICLResult",
     "InformationFlow",
+    "IsolationResult",
     "LabelWordError",
     "ModelLoadError",
     "PromptBatch",
@@ -76,33 +92,48 @@ __all__ = [
     "Template",
     "UnsupportedModelError",
     "__version__",
+    "bag_of_words_accuracy",
+    "block_edges_hooks",
+    "blocking_hooks",
     "build_prompts",
     "edge_groups",
     "fit_to_context",
     "from_hf_model",
     "get_task",
+    "isolation_hooks",
+    "isolation_mask",
     "label_logits",
+    "label_loyalty",
     "load_model",
     "load_prompts",
     "load_task_data",
     "load_task_file",
     "paper_edge_masks",
     "per_example_demonstrations",
+    "plot_deep",
     "plot_flows",
+    "plot_flows_with_auc",
     "plot_group_matrix",
+    "plot_isolation",
     "plot_saliency_heatmap",
+    "random_rows",
     "read_examples",
     "register_task",
+    "role_pair_mask",
+    "run_deep",
     "run_icl",
+    "run_isolation",
     "run_saliency",
     "saliency_hooks",
     "sample_demonstrations",
     "sample_test",
     "save_prompts",
     "save_task_data",
+    "synthetic_prompts",
     "task_names",
     "task_prompts",
     "tokenize_prompts",
     "toy_prompts",
+    "word_loyalty",
     "write_report",
 ]

@@ -7,8 +7,10 @@ softmax at the target are kept too: word loyalty (§2.2) compares them with and 
 intervention. Batches are length-sorted and right-padded; with causal attention no real
 position reads a pad, so the results do not depend on the batch size.
 
-:func:`run_icl` accepts ``extra_hooks`` (forward hooks active during the pass), so the same
-function measures an intervened model (isolation, re-weighting) against the vanilla baseline.
+:func:`run_icl` accepts ``extra_hooks`` (forward hooks active during the pass) and
+``batch_hooks`` (a factory of hooks for each length-sorted batch, given the batch's original
+row indices), so the same function measures an intervened model (isolation, re-weighting,
+reading the attention of the deep layers) against the vanilla baseline.
 
 Deliberately not here: calibration, sampling prompts (:mod:`anchor_flow.sampling`), loyalty
 metrics and any intervention (their own modules), gradients.
@@ -36,9 +38,11 @@ from anchor_flow.prompts import ICLPrompt, tokenize_prompts
 from anchor_flow.roles import PromptBatch
 from anchor_flow.tl_adapter import ModelAdapter, adapt, check_attention_hooks_live, frozen
 
-__all__ = ["ICLResult", "run_icl"]
+__all__ = ["BatchHooks", "ICLResult", "prompt_batch", "run_icl", "write_atomic"]
 
 SCHEMA = "anchor_flow.icl/1"
+BatchHooks = Callable[[Tensor, PromptBatch], Sequence[tuple[Any, Callable[..., Any]]]]
+"""``f(rows, batch) -> hooks``: forward hooks for one batch of :func:`run_icl`."""
 _ARRAYS = ("label_probs", "gold", "top_tokens", "top_probs")
 
 
@@ -140,8 +144,8 @@ class ICLResult:
         directory.mkdir(parents=True, exist_ok=True)
         arrays = {name: getattr(self, name).numpy() for name in _ARRAYS}
         meta = {"schema": SCHEMA, "settings": self.settings}
-        _write_atomic(directory / "icl.npz", lambda f: np.savez_compressed(f, **arrays))
-        _write_atomic(directory / "icl_meta.json", lambda f: f.write(json.dumps(meta).encode()))
+        write_atomic(directory / "icl.npz", lambda f: np.savez_compressed(f, **arrays))
+        write_atomic(directory / "icl_meta.json", lambda f: f.write(json.dumps(meta).encode()))
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> ICLResult:
@@ -163,7 +167,8 @@ class ICLResult:
         return cls(settings=meta["settings"], **arrays)
 
 
-def _write_atomic(target: Path, write: Callable[[Any], Any]) -> None:
+def write_atomic(target: Path, write: Callable[[Any], Any]) -> None:
+    """Write ``target`` through a temporary file in its folder renamed into place."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -198,6 +203,7 @@ def run_icl(
     label_token_policy: Literal["single", "first", "all"] = "single",
     prepend_bos: bool | None = None,
     extra_hooks: Sequence[tuple[Any, Callable[..., Any]]] = (),
+    batch_hooks: BatchHooks | None = None,
     progress: bool = True,
 ) -> ICLResult:
     """Label-word probabilities and top-k tokens at the target of every prompt.
@@ -220,6 +226,11 @@ def run_icl(
         prepend_bos: force a BOS token on or off (default: what the tokenizer does).
         extra_hooks: your own forward hooks ``(hook_name_or_filter, fn)``, active during the
             pass. Hooks on attention patterns are only accepted when those hooks are live.
+        batch_hooks: ``f(rows, batch) -> hooks``, called before each forward pass with the
+            original indices of the batch's prompts (``Int[Tensor, " batch"]``, positions in
+            ``prompts``) and the right-padded :class:`PromptBatch` that is run; its hooks are
+            active for that pass only, after ``extra_hooks``. Batch-specific interventions
+            (e.g. :func:`anchor_flow.blocking.isolation_hooks`) and recorders use it.
         progress: show a progress bar over batches.
 
     Raises:
@@ -244,12 +255,16 @@ def run_icl(
     chunks = [order[i : i + batch_size] for i in range(0, len(batch), batch_size)]
     outputs: list[tuple[Tensor, Tensor, Tensor]] = []
     device = adapter.device
-    with frozen(adapter), torch.no_grad(), adapter.hooks(fwd_hooks=extra_hooks):
+    with frozen(adapter), torch.no_grad():
         for rows in tqdm(chunks, desc="icl", unit="batch", disable=not progress):
             part = batch.select(rows.tolist())
-            final = adapter.final_logits(
-                part.tokens.to(device), part.target_position.to(device)
-            ).float()
+            hooks = [*extra_hooks, *(batch_hooks(rows, part) if batch_hooks else ())]
+            if batch_hooks is not None and _touches_attention(adapter, hooks):
+                check_attention_hooks_live(adapter)
+            with adapter.hooks(fwd_hooks=hooks):
+                final = adapter.final_logits(
+                    part.tokens.to(device), part.target_position.to(device)
+                ).float()
             label = final.gather(1, part.label_token_ids.to(device)).softmax(-1)
             top = final.softmax(-1).topk(top_k, dim=-1)
             outputs.append((label.cpu(), top.indices.cpu(), top.values.cpu()))
@@ -261,6 +276,7 @@ def run_icl(
         "batch_size": batch_size,
         "top_k": top_k,
         "n_extra_hooks": len(extra_hooks),
+        "batch_hooks": batch_hooks is not None,
     }
     return ICLResult(
         label_probs=torch.cat([o[0] for o in outputs])[inverse],
@@ -269,6 +285,21 @@ def run_icl(
         top_probs=torch.cat([o[2] for o in outputs])[inverse],
         settings=settings,
     )
+
+
+def prompt_batch(
+    model: Any,
+    prompts: Sequence[ICLPrompt] | PromptBatch,
+    *,
+    label_token_policy: Literal["single", "first", "all"] = "single",
+    prepend_bos: bool | None = None,
+) -> PromptBatch:
+    """``prompts`` tokenized with the model's tokenizer (a PromptBatch is returned as is).
+
+    Example:
+        >>> batch = prompt_batch(load_model("toy-gpt2"), toy_prompts(2))  # doctest: +SKIP
+    """
+    return _as_batch(adapt(model), prompts, label_token_policy, prepend_bos)
 
 
 def _as_batch(

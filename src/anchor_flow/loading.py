@@ -81,6 +81,47 @@ def _write_toy_gpt2(folder: Path) -> None:
 register_builtin_model("toy-gpt2", _write_toy_gpt2)
 
 
+def _write_demo(folder: Path) -> None:
+    from anchor_flow.demo import write_demo_folder
+
+    write_demo_folder(folder)
+
+
+register_builtin_model("demo", _write_demo)
+
+#: Built-ins shipped as a checkpoint folder inside the package (trained by
+#: scripts/train_demo.py): read in place, so a retrained checkpoint is never shadowed by an
+#: older copy in the cache.
+_SHIPPED_FOLDERS: dict[str, Path] = {"demo": Path(__file__).parent / "data" / "demo"}
+
+
+def _write_planted(kind: str) -> Callable[[Path], None]:
+    def write(folder: Path) -> None:
+        from anchor_flow.planted import write_planted_folder
+
+        write_planted_folder(folder, kind)
+
+    return write
+
+
+register_builtin_model("planted-anchor", _write_planted("anchor"))
+register_builtin_model("planted-formatting", _write_planted("formatting"))
+
+
+def _planted_tag() -> str:
+    from anchor_flow.planted import construction_tag
+
+    return construction_tag()
+
+
+#: Built-ins whose cache folder is keyed by a fingerprint of the code that writes them, so an
+#: edited construction is never shadowed by an older copy in the cache.
+_CACHE_TAGS: dict[str, Callable[[], str]] = {
+    "planted-anchor": _planted_tag,
+    "planted-formatting": _planted_tag,
+}
+
+
 def _cache_root() -> Path:
     env = os.environ.get("ANCHOR_FLOW_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "anchor_flow"
@@ -88,7 +129,10 @@ def _cache_root() -> Path:
 
 def _builtin_folder(name: str) -> Path:
     """The built-in model's checkpoint folder, written once (atomically) into the cache."""
-    target = _cache_root() / name
+    shipped = _SHIPPED_FOLDERS.get(name)
+    if shipped is not None and (shipped / "config.json").exists():
+        return shipped
+    target = _cache_root() / (f"{name}-{_CACHE_TAGS[name]()}" if name in _CACHE_TAGS else name)
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -239,7 +283,7 @@ def load_model(
                     f"({', '.join(builtin_model_names())}), a checkpoint folder or a hub name"
                 )
         hf_model, tokenizer = _load_hf(folder, is_folder=is_folder, device=device, dtype=dtype)
-        name = source if not is_folder else Path(folder).name
+        name = source if not is_folder or source in _BUILTIN_MODELS else Path(folder).name
         hf_model.config.name_or_path = name
         model = from_hf_model(hf_model, tokenizer, tl_class=kind)
     tl_adapter.warn_if_value_biases_folded(model)

@@ -1,10 +1,12 @@
-"""Self-contained HTML reports of a saliency run (paper §2.1; Fig. 3, 7 and 9).
+"""Self-contained HTML reports of a results folder (paper §2.1–§2.3; Fig. 3, 4, 5, 7 and 9).
 
 :func:`write_report` renders a list of :class:`ReportSection` (a title, a figure and a
 paragraph on how to read it) and a settings table into ONE HTML file with plotly.js embedded
 once, so the report opens offline, with no server, and can be mailed around.
 :func:`saliency_report_sections` builds the standard sections from the results of
-:func:`anchor_flow.saliency.run_saliency`.
+:func:`anchor_flow.saliency.run_saliency`, :func:`isolation_report_sections` and
+:func:`deep_report_sections` those of the isolation and deep-layer experiments, and
+:func:`render_results_folder` renders whatever a results folder holds.
 
 This module runs no model and computes no statistic; the figures come from
 :mod:`anchor_flow.plotting`.
@@ -24,17 +26,22 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from anchor_flow.deep import DeepResult
 from anchor_flow.errors import AnchorFlowError, ResultsError
 from anchor_flow.flows import InformationFlow
+from anchor_flow.isolation import IsolationResult
 from anchor_flow.plotting import (
     plot_flows,
     plot_group_matrix,
     plot_saliency_heatmap,
 )
+from anchor_flow.plotting_experiments import plot_deep, plot_flows_with_auc, plot_isolation
 from anchor_flow.saliency_result import SaliencyResult
 
 __all__ = [
     "ReportSection",
+    "deep_report_sections",
+    "isolation_report_sections",
     "render_results_folder",
     "saliency_report_sections",
     "write_report",
@@ -283,8 +290,61 @@ def write_saliency_report(
     )
 
 
+_ISOLATION = (
+    "Isolation (paper §2.2, Fig. 4/8): in the first or last k layers the label words' attention "
+    "to every earlier position is blocked (the self-edge stays; mode {mode}), or, as a control, "
+    "that of as many randomly drawn non-label positions (seeded, fresh per layer and prompt). "
+    "Label loyalty is the share of prompts whose label-restricted prediction is unchanged; word "
+    "loyalty the Jaccard similarity of the top-{top_k} vocabulary tokens at the target with and "
+    "without blocking. The paper finds that isolating label words in the first layers sharply "
+    "lowers both loyalties, while last-layer or random isolation is nearly harmless: the "
+    "shallow label words must gather the demonstrations' information for ICL to work. "
+    "Whiskers are 95% bootstrap intervals over seeds (over prompts with one seed)."
+)
+_DEEP = (
+    "Deep layers (paper §2.3, Fig. 5): in every layer the target's attention to each class's "
+    "label words, summed over heads, is used as a classifier of the model's own prediction. "
+    "AUCROC_l is its ROC-AUC (binary: the second class's raw score; more classes: macro "
+    "one-vs-one after renormalising over the predicted classes; classes never predicted are "
+    "dropped, as the official code); 0.5 is chance. R_l (dashed, right axis) is the share of "
+    "the total AUC above 0.5 accumulated up to layer l (Eq. 5). The paper finds AUCROC_l near "
+    "0.8 in deep layers and R_l rising mainly in the middle and later layers: the prediction "
+    "is read from the label words there."
+)
+_OVERLAY = (
+    "The saliency flows S_wp (text to label words) and S_pq (label words to target), normalised "
+    "per layer, together with AUCROC_l of the deep-layer run (right axis). Under the paper's "
+    "hypothesis S_wp dominates where AUCROC_l is still near 0.5, and AUCROC_l rises where S_pq "
+    "takes over. The two runs use different prompts (saliency: per-example demonstrations)."
+)
+
+
+def isolation_report_sections(result: IsolationResult) -> list[ReportSection]:
+    """The isolation bar chart with its explanation."""
+    text = _ISOLATION.format(mode=result.settings.get("mode", "renormalise"),
+                             top_k=result.settings.get("top_k", 5))  # fmt: skip
+    return [ReportSection("Isolating label words (shallow vs deep)", plot_isolation(result), text)]
+
+
+def deep_report_sections(
+    result: DeepResult, flow: InformationFlow | None = None
+) -> list[ReportSection]:
+    """AUCROC_l and R_l, and (with a saliency run's ``flow``) the overlay with S_wp / S_pq."""
+    sections = [ReportSection("Deep layers: AUCROC_l and R_l", plot_deep(result), _DEEP)]
+    if flow is not None and flow.n_layers == result.n_layers:
+        sections.append(
+            ReportSection(
+                "Saliency flows and AUCROC_l", plot_flows_with_auc(flow, result), _OVERLAY
+            )
+        )
+    return sections
+
+
 def render_results_folder(directory: str | os.PathLike[str]) -> Path:
-    """Re-render ``report.html`` from what ``anchor-flow saliency`` wrote into ``directory``.
+    """Render ``report.html`` from every result in ``directory``.
+
+    Reads what the CLI wrote: ``saliency.json`` (+ ``saliency/``), ``isolation/`` and ``deep/``;
+    each present part adds its sections.
 
     Example:
         >>> render_results_folder("results/quickstart")  # doctest: +SKIP
@@ -292,13 +352,29 @@ def render_results_folder(directory: str | os.PathLike[str]) -> Path:
     """
     directory = Path(directory)
     summary = directory / "saliency.json"
-    if not summary.is_file():
+    flow = InformationFlow.load(summary) if summary.is_file() else None
+    isolation = directory / "isolation" / "isolation_meta.json"
+    deep = directory / "deep" / "deep_meta.json"
+    if flow is None and not isolation.is_file() and not deep.is_file():
         raise ResultsError(
-            f"{str(directory)!r} holds no saliency.json; expected a results folder written by "
-            "`anchor-flow saliency` (a run that finished)"
+            f"{str(directory)!r} holds no saliency.json, isolation/ or deep/; expected a results "
+            "folder written by `anchor-flow saliency`, `isolation` or `deep` (a run that finished)"
         )
-    flow = InformationFlow.load(summary)
-    # Raw results live in saliency/ or, one per seed, in saliency/<run>/; heatmaps use the first.
-    runs = sorted(meta.parent for meta in (directory / "saliency").rglob("saliency_meta.json"))
-    result = SaliencyResult.load(runs[0]) if runs else None
-    return write_saliency_report(directory / "report.html", flow, result)
+    sections: list[ReportSection] = []
+    settings: dict[str, Any] = {}
+    if flow is not None:
+        # Raw results: saliency/ or saliency/<run>/ (one per seed); heatmaps use the first.
+        runs = sorted(meta.parent for meta in (directory / "saliency").rglob("saliency_meta.json"))
+        sections += saliency_report_sections(flow, SaliencyResult.load(runs[0]) if runs else None)
+        settings.update(flow.settings)
+    if isolation.is_file():
+        isolation_result = IsolationResult.load(isolation.parent)
+        sections += isolation_report_sections(isolation_result)
+        settings.update({f"isolation {k}": v for k, v in isolation_result.settings.items()})
+    if deep.is_file():
+        deep_result = DeepResult.load(deep.parent)
+        sections += deep_report_sections(deep_result, flow)
+        settings.update({f"deep {k}": v for k, v in deep_result.settings.items()})
+    model = settings.get("model") or settings.get("isolation model") or settings.get("deep model")
+    title = f"Information flow: {model or 'model'}"
+    return write_report(directory / "report.html", sections, title=title, settings=settings)

@@ -302,9 +302,23 @@ def task_prompts(
         scheme: ``"fixed"`` (scheme (a): one demonstration set per seed, §2.2–§3.2) or
             ``"per_example"`` (scheme (b): fresh demonstrations per query, §2.1 saliency).
         fix_class_order: demonstrations in class order 0..C-1 instead of the seed's order.
+
+    A task with a ``prompt_source`` (e.g. ``synthetic-k2``) generates its prompts itself:
+    ``train`` and ``test`` are ignored, and so is ``scheme`` (every prompt draws its own
+    demonstrations and label words).
     """
     if scheme not in ("fixed", "per_example"):
         raise SamplingError(f"scheme={scheme!r}; expected 'fixed' or 'per_example'")
+    if task.prompt_source is not None:
+        for name, value in (("n_examples", n_examples), ("shots_per_class", shots_per_class)):
+            _check_positive(name, value)
+        _check_seed(seed)
+        if fix_class_order:
+            raise SamplingError(
+                f"task {task.name!r} generates its own prompts in a random class order; "
+                "fix_class_order=True is not supported for it"
+            )
+        return list(task.prompt_source(seed, n_examples, shots_per_class))
     queries = sample_test(test, n=n_examples, seed=seed)
     demonstrations: Sequence[Example] | Sequence[Sequence[Example]]
     if scheme == "fixed":

@@ -1,8 +1,14 @@
-"""Means and confidence intervals over prompts (or seeds).
+"""Means, confidence intervals and ROC-AUC (PAPER.md §3, the deep-layer classifier).
 
 Percentile bootstrap over the first axis, seeded, so an interval is reproducible. It works
 for statistics that are not plain means (e.g. the paper's per-layer normalisation, which
 divides means by their sum).
+
+ROC-AUC is the Mann-Whitney statistic (ties count 1/2), written here so that the package
+needs no scikit-learn: :func:`roc_auc` for a binary problem and :func:`roc_auc_ovo` for the
+macro one-vs-one multi-class AUC of Hand & Till (2001), what scikit-learn's
+``roc_auc_score(..., multi_class="ovo")`` computes. Which scores and classes the paper feeds
+them is :mod:`anchor_flow.deep`'s business.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from torch import Tensor
 
 from anchor_flow.errors import AnchorFlowError
 
-__all__ = ["bootstrap_interval"]
+__all__ = ["bootstrap_interval", "roc_auc", "roc_auc_ovo"]
 
 
 def bootstrap_interval(
@@ -58,3 +64,86 @@ def bootstrap_interval(
     quantiles = torch.tensor([alpha, 1.0 - alpha], dtype=samples.dtype)
     low, high = torch.nanquantile(samples, quantiles, dim=0)
     return low, high
+
+
+def _average_ranks(values: Tensor) -> Tensor:
+    """1-based ranks of a 1-D tensor, ties sharing their average rank."""
+    sorted_values, order = torch.sort(values.double(), stable=True)
+    n = values.shape[0]
+    _, inverse, counts = torch.unique_consecutive(
+        sorted_values, return_inverse=True, return_counts=True
+    )
+    ends = torch.cumsum(counts, 0).double()
+    average = ends - (counts.double() - 1.0) / 2.0  # mean of the ranks end-count+1 .. end
+    ranks = torch.empty(n, dtype=torch.float64)
+    ranks[order] = average[inverse]
+    return ranks
+
+
+def roc_auc(scores: Tensor, positive: Tensor) -> float:
+    """Area under the ROC curve: P(score of a positive > score of a negative), ties 1/2.
+
+    Example:
+        >>> roc_auc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([False, False, True, True]))
+        0.75
+
+    Args:
+        scores: ``[n]`` real scores (higher = more positive); must be finite.
+        positive: ``[n]`` bool, True for the positive class.
+
+    Raises:
+        AnchorFlowError: shapes differ, a score is not finite, or one class is empty.
+    """
+    if scores.ndim != 1 or tuple(positive.shape) != tuple(scores.shape):
+        raise AnchorFlowError(
+            f"roc_auc expects scores [n] and positive [n]; got shapes {tuple(scores.shape)} "
+            f"and {tuple(positive.shape)}"
+        )
+    if not bool(torch.isfinite(scores).all()):
+        raise AnchorFlowError("roc_auc got a score that is NaN or infinite; expected finite scores")
+    positive = positive.bool()
+    n_pos = int(positive.sum())
+    n_neg = int(positive.shape[0]) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise AnchorFlowError(
+            f"roc_auc needs both classes; got {n_pos} positives and {n_neg} negatives"
+        )
+    rank_sum = float(_average_ranks(scores)[positive].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+def roc_auc_ovo(scores: Tensor, labels: Tensor) -> float:
+    """Macro one-vs-one multi-class AUC (Hand & Till 2001) over the classes present.
+
+    For every pair of classes ``(a, b)`` present in ``labels``, on the samples of those two
+    classes: the mean of the AUC of column ``a`` for "is a" and of column ``b`` for "is b";
+    the result is the unweighted mean over pairs.
+
+    Example:
+        >>> scores = torch.tensor([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7]])
+        >>> roc_auc_ovo(scores, torch.tensor([0, 1, 2]))
+        1.0
+
+    Args:
+        scores: ``[n, n_classes]`` scores, column ``c`` for class ``c``.
+        labels: ``[n]`` class indices in ``0..n_classes-1``; at least two classes present.
+    """
+    if scores.ndim != 2 or labels.ndim != 1 or labels.shape[0] != scores.shape[0]:
+        raise AnchorFlowError(
+            f"roc_auc_ovo expects scores [n, n_classes] and labels [n]; got shapes "
+            f"{tuple(scores.shape)} and {tuple(labels.shape)}"
+        )
+    present = sorted(int(c) for c in torch.unique(labels))
+    if present and not 0 <= present[0] <= present[-1] < scores.shape[1]:
+        raise AnchorFlowError(f"labels {present} out of range for {scores.shape[1]} score columns")
+    if len(present) < 2:
+        raise AnchorFlowError(f"roc_auc_ovo needs at least two classes; got {present}")
+    pair_scores = []
+    for i, a in enumerate(present):
+        for b in present[i + 1 :]:
+            keep = (labels == a) | (labels == b)
+            is_a = labels[keep] == a
+            a_vs_b = roc_auc(scores[keep, a], is_a)
+            b_vs_a = roc_auc(scores[keep, b], ~is_a)
+            pair_scores.append((a_vs_b + b_vs_a) / 2.0)
+    return sum(pair_scores) / len(pair_scores)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from anchor_flow.errors import AnchorFlowError
-from anchor_flow.prompts import Example, Template
+from anchor_flow.prompts import Example, ICLPrompt, Template
+from anchor_flow.synthetic import DEFAULT_SPEC, SYNTHETIC_TEMPLATE, synthetic_prompts
 from anchor_flow.toy import TOY_NEGATIVE, TOY_POSITIVE
 
 __all__ = [
@@ -63,6 +64,11 @@ class Task:
         description: one line for listings and reports.
         builtin_data: for tasks shipped with the package (no hub, no folder): a function
             returning the ``(train, test)`` examples, used when no ``data_dir`` is given.
+        prompt_source: for tasks that generate whole prompts (e.g. ``synthetic-k2``, whose
+            class -> label-word mapping is drawn per prompt): ``prompt_source(seed,
+            n_examples, shots_per_class)`` returns the prompts, and
+            :func:`anchor_flow.sampling.task_prompts` uses it instead of sampling ``train``
+            and ``test``. ``label_words`` then only fixes the class count.
     """
 
     name: str
@@ -78,6 +84,9 @@ class Task:
     label_token_policy: LabelTokenPolicy = "single"
     description: str = ""
     builtin_data: Callable[[], tuple[Sequence[Example], Sequence[Example]]] | None = field(
+        default=None, compare=False, repr=False
+    )
+    prompt_source: Callable[[int, int, int], Sequence[ICLPrompt]] | None = field(
         default=None, compare=False, repr=False
     )
 
@@ -307,3 +316,36 @@ register_task(
         builtin_data=_toy_sentiment_data,
     )
 )
+
+
+def _synthetic_source(k: int) -> Callable[[int, int, int], Sequence[ICLPrompt]]:
+    def source(seed: int, n_examples: int, shots_per_class: int) -> Sequence[ICLPrompt]:
+        return synthetic_prompts(n_examples, k=k, shots_per_class=shots_per_class, seed=seed)
+
+    return source
+
+
+def _synthetic_data(k: int) -> Callable[[], tuple[Sequence[Example], Sequence[Example]]]:
+    # load_task_data (and `anchor-flow data`) need examples; the prompts come from the source.
+    def data() -> tuple[Sequence[Example], Sequence[Example]]:
+        prompts = synthetic_prompts(8, k=k, seed=0)
+        return [d for p in prompts for d in p.demonstrations], [p.query for p in prompts]
+
+    return data
+
+
+for _k in (2, 3, 4):
+    register_task(
+        Task(
+            name=f"synthetic-k{_k}",
+            template=SYNTHETIC_TEMPLATE,
+            label_words=tuple(f" L{i}" for i in range(_k)),
+            label_names=tuple(f"class {i}" for i in range(_k)),
+            description=(
+                f"synthetic topics, {_k} classes, label words drawn per prompt from "
+                f"{DEFAULT_SPEC.n_label_words} (anchor_flow.synthetic; for the planted models)"
+            ),
+            builtin_data=_synthetic_data(_k),
+            prompt_source=_synthetic_source(_k),
+        )
+    )

@@ -1,0 +1,135 @@
+"""The ``anchor-flow`` command: a thin layer over the public API.
+
+Experiment commands (``saliency``, ``evaluate``, ``isolation``, ``deep``) share the model
+options (``--model``, ``--tl-class``, ``--device``) and the task options of the paper's
+protocol (``--task``, ``--data-dir``, ``--seeds``, ``--n-examples``, ``--shots-per-class``):
+
+* ``anchor-flow saliency`` — S_wp / S_pq / S_ww per layer (§2.1; per-example demonstrations),
+  writes ``saliency.json``, ``flows.csv``, the raw results and ``report.html``;
+* ``anchor-flow evaluate`` — vanilla ICL accuracy (fixed demonstrations per seed), writes
+  ``icl.json`` and ``icl.csv``;
+* ``anchor-flow isolation`` — label-word isolation in the first / last layers (§2.2), writes
+  ``isolation.json``, ``isolation.csv``, ``isolation/`` and ``report.html``;
+* ``anchor-flow deep`` — AUCROC_l and R_l per layer (§2.3), writes ``deep.json``,
+  ``deep.csv``, ``deep/`` and ``report.html``;
+* ``anchor-flow report DIR`` — re-renders a results folder's report (all parts present);
+* ``anchor-flow prompts`` — writes a task's prompts as JSONL (what ``--prompts`` reads);
+* ``anchor-flow data`` — saves a task's hub data as a local folder for offline use.
+
+Bad input ends with a one-line error and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from anchor_flow.cli import core, experiments
+from anchor_flow.cli.common import check_counts, model_options, task_options
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anchor-flow",
+        description="Information-flow analysis of in-context learning (Wang et al., EMNLP 2023).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    model, task = model_options(), task_options()
+
+    saliency = commands.add_parser(
+        "saliency",
+        parents=[model, task],
+        help="S_wp / S_pq / S_ww per layer (paper §2.1)",
+        description="Saliency flows per layer; writes saliency.json, flows.csv and report.html.",
+    )
+    saliency.add_argument("--out", type=Path, required=True, help="results folder")
+    saliency.add_argument(
+        "--prompts",
+        type=Path,
+        help="JSONL of prompts (see `anchor-flow prompts`) instead of --task",
+    )
+    saliency.add_argument("--loss", choices=["gold", "predicted"], default="gold")
+    saliency.add_argument("--gradient", choices=["pattern", "scores"], default="pattern")
+    saliency.add_argument(
+        "--head-reduction", choices=["sum_then_abs", "abs_then_sum"], default="sum_then_abs"
+    )
+    saliency.add_argument(
+        "--keep-maps", action="store_true", help="keep per-layer maps for heatmaps (memory)"
+    )
+    saliency.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        parents=[model, task],
+        help="vanilla ICL accuracy over seeds",
+        description="Accuracy of the label-restricted prediction, fixed demonstrations per seed.",
+    )
+    evaluate.add_argument("--out", type=Path, required=True, help="results folder")
+    evaluate.add_argument("--top-k", type=int, default=10, help="full-vocabulary tokens kept")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    experiments.add_parsers(commands, [model, task])
+
+    report = commands.add_parser("report", help="re-render report.html of a results folder")
+    report.add_argument(
+        "directory", type=Path, help="folder written by `anchor-flow saliency/isolation/deep`"
+    )
+
+    prompts = commands.add_parser(
+        "prompts", parents=[task], help="write a task's prompts as JSONL (one seed)"
+    )
+    prompts.add_argument("--out", type=Path, required=True, help="JSONL file to write")
+    prompts.add_argument(
+        "--scheme",
+        choices=["per_example", "fixed"],
+        default="per_example",
+        help="demonstrations drawn per example (§2.1) or fixed per seed (§2.2-§3.2)",
+    )
+
+    data = commands.add_parser("data", help="save a task's hub data as a local folder")
+    data.add_argument("--task", required=True)
+    data.add_argument("--out", type=Path, required=True, help="folder to write train/test into")
+    return parser
+
+
+_COMMANDS = {
+    "saliency": core.run_saliency_command,
+    "evaluate": core.run_evaluate_command,
+    "isolation": experiments.run_isolation_command,
+    "deep": experiments.run_deep_command,
+    "report": core.run_report_command,
+    "prompts": core.run_prompts_command,
+    "data": core.run_data_command,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``anchor-flow`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from anchor_flow.errors import AnchorFlowError
+
+    if getattr(args, "quiet", False):
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    try:
+        check_counts(args)
+        _COMMANDS[args.command](args)
+    except AnchorFlowError as error:
+        message = " ".join(str(error).split())  # one line, whatever the message holds
+        sys.stderr.write(f"anchor-flow: error: {message}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("anchor-flow: interrupted\n")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

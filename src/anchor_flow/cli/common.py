@@ -1,0 +1,147 @@
+"""Options and helpers shared by the ``anchor-flow`` commands (not public)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+Scheme = Literal["fixed", "per_example"]
+Policy = Literal["single", "first", "all"]
+
+
+def say(message: str) -> None:
+    """One line for the user on stdout (the CLI's only output besides errors)."""
+    sys.stdout.write(message + "\n")
+
+
+def seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers (e.g. 42,43,44)"
+        ) from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("expected at least one seed (e.g. 42)")
+    return seeds
+
+
+def model_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        default="toy-gpt2",
+        help="built-in name (toy-gpt2), local Hugging Face folder, or hub name (default: toy-gpt2)",
+    )
+    group.add_argument("--tl-class", choices=["auto", "hooked", "bridge"], default="auto")
+    group.add_argument("--device", default=None, help="e.g. cpu, cuda (default: TL's choice)")
+    group.add_argument("--batch-size", type=int, default=8)
+    return options
+
+
+def task_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("task and sampling protocol (paper §0, §7)")
+    group.add_argument(
+        "--task",
+        default="toy-sentiment",
+        help="sst2, agnews, trec, emoc, toy-sentiment, or a task description file "
+        "(.json/.yaml) (default: toy-sentiment, built in)",
+    )
+    group.add_argument(
+        "--data-dir", type=Path, help="folder with train/test files instead of the hub"
+    )
+    group.add_argument("--seeds", type=seeds, default=(42, 43, 44, 45, 46), help="e.g. 42,43")
+    group.add_argument("--n-examples", type=int, default=1000, help="test examples per seed")
+    group.add_argument("--shots-per-class", type=int, default=1)
+    group.add_argument(
+        "--fix-class-order", action="store_true", help="demonstrations in class order"
+    )
+    group.add_argument(
+        "--label-token-policy",
+        choices=["single", "first", "all"],
+        default=None,
+        help="multi-token label words (default: the task's; TREC uses 'first' as the paper)",
+    )
+    group.add_argument(
+        "--on-overflow",
+        choices=["error", "skip"],
+        default="error",
+        help="prompts longer than the context: fail (default) or skip and count them, as the "
+        "paper dropped prompts over 1024 tokens",
+    )
+    return options
+
+
+def positive(name: str, value: int) -> None:
+    from anchor_flow.errors import AnchorFlowError
+
+    if value < 1:
+        raise AnchorFlowError(f"{name}={value}; expected a positive integer")
+
+
+def write_json(path: Path, data: object) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def prompt_sets(
+    args: argparse.Namespace, scheme: Scheme, tokenizer: Any, max_length: int | None
+) -> tuple[dict[str, list[Any]], Policy, dict[str, Any]]:
+    """Prompts per seed (key ``"seed-42"``), the label-token policy and the run's settings."""
+    from anchor_flow.data import load_task_data
+    from anchor_flow.sampling import fit_to_context, task_prompts
+    from anchor_flow.tasks import get_task
+
+    task = get_task(args.task)
+    policy = args.label_token_policy or task.label_token_policy
+    data = load_task_data(task, data_dir=args.data_dir)
+    sets, skipped = {}, {}
+    for seed in args.seeds:
+        prompts = task_prompts(
+            task,
+            data.train,
+            data.test,
+            seed=seed,
+            n_examples=args.n_examples,
+            shots_per_class=args.shots_per_class,
+            scheme=scheme,
+            fix_class_order=args.fix_class_order,
+        )
+        if tokenizer is not None and max_length is not None:
+            prompts, skipped[seed] = fit_to_context(
+                prompts, tokenizer, max_length, on_overflow=args.on_overflow,
+                label_token_policy=policy,
+            )  # fmt: skip
+        sets[f"seed-{seed}"] = prompts
+    settings = {
+        "task": task.name,
+        "data": data.source,
+        "seeds": list(args.seeds),
+        "n_examples": args.n_examples,
+        "shots_per_class": args.shots_per_class,
+        "demonstrations": scheme,
+        "fix_class_order": args.fix_class_order,
+        "skipped_too_long": skipped,
+    }
+    return sets, policy, settings
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    """Validate the integer options before any model or data is loaded."""
+    for option in ("batch_size", "n_examples", "shots_per_class", "top_k"):
+        if getattr(args, option, None) is not None:
+            positive("--" + option.replace("_", "-"), getattr(args, option))
+
+
+def write_frame(path: Path, frame: Any) -> None:
+    """A pandas frame as CSV, atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)

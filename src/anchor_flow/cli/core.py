@@ -1,0 +1,151 @@
+"""The core ``anchor-flow`` commands: saliency, evaluate, prompts, data, report (not public)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from anchor_flow.cli.common import Policy, prompt_sets, say, write_json
+
+log = logging.getLogger("anchor_flow")
+
+
+def run_saliency_command(args: argparse.Namespace) -> None:
+    from anchor_flow import __version__
+    from anchor_flow.flows import InformationFlow
+    from anchor_flow.loading import load_model
+    from anchor_flow.prompts import load_prompts
+    from anchor_flow.report import render_results_folder
+    from anchor_flow.saliency import run_saliency
+    from anchor_flow.tl_adapter import adapt, tl_version
+
+    if args.prompts is not None:
+        prompt_file = load_prompts(args.prompts)
+    model = load_model(args.model, tl_class=args.tl_class, device=args.device)
+    adapter = adapt(model)
+    if args.prompts is not None:
+        sets = {"file": prompt_file}
+        policy: Policy = args.label_token_policy or "single"
+        run_settings: dict[str, Any] = {"prompts": str(args.prompts)}
+    else:
+        sets, policy, run_settings = prompt_sets(
+            args, "per_example", adapter.tokenizer, adapter.n_ctx
+        )
+    results = {}
+    for name, prompts in sets.items():
+        log.info("saliency for %s (%d prompts)", name, len(prompts))
+        results[name] = run_saliency(
+            model,
+            prompts,
+            loss=args.loss,
+            gradient=args.gradient,
+            head_reduction=args.head_reduction,
+            batch_size=args.batch_size,
+            keep_maps=args.keep_maps,
+            label_token_policy=policy,
+            progress=not args.quiet,
+        )
+    first = next(iter(results.values()))
+    settings = {
+        **first.settings,
+        **run_settings,
+        "n_prompts": sum(r.n_prompts for r in results.values()),
+        "anchor_flow": __version__,
+        "transformer_lens": tl_version(),
+        "model_source": args.model,
+        "device": str(adapter.device),
+    }
+    flow = InformationFlow.concat([r.flows() for r in results.values()])
+    flow = InformationFlow(flow.values, settings)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    for name, result in results.items():
+        result.save(out / "saliency" / name)
+    tmp_csv = out / "flows.csv.tmp"
+    flow.to_frame().to_csv(tmp_csv, index=False)
+    os.replace(tmp_csv, out / "flows.csv")
+    summary = flow.summary()
+    summary["accuracy"] = {
+        name: r.accuracy() if bool((r.gold >= 0).any()) else None for name, r in results.items()
+    }
+    write_json(out / "saliency.json", summary)
+    # After saliency.json: the report shows every result in the folder (isolation, deep too).
+    render_results_folder(out)
+    say(f"anchor-flow: wrote {out / 'saliency.json'} and {out / 'report.html'}")
+
+
+def run_evaluate_command(args: argparse.Namespace) -> None:
+    import torch
+
+    from anchor_flow import __version__
+    from anchor_flow.evaluation import run_icl
+    from anchor_flow.loading import load_model
+    from anchor_flow.stats import bootstrap_interval
+    from anchor_flow.tl_adapter import adapt, tl_version
+
+    model = load_model(args.model, tl_class=args.tl_class, device=args.device)
+    adapter = adapt(model)
+    sets, policy, settings = prompt_sets(args, "fixed", adapter.tokenizer, adapter.n_ctx)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    per_seed = []
+    for name, prompts in sets.items():
+        result = run_icl(
+            model, prompts, batch_size=args.batch_size, top_k=args.top_k,
+            label_token_policy=policy, progress=not args.quiet,
+        )  # fmt: skip
+        result.save(out / "icl" / name)
+        per_seed.append(
+            {"run": name, "n_examples": result.n_prompts, "accuracy": result.accuracy()}
+        )
+    accuracies = torch.tensor([row["accuracy"] for row in per_seed], dtype=torch.float64)
+    low, high = bootstrap_interval(accuracies[:, None])
+    summary = {
+        "schema": "anchor_flow.icl_accuracy/1",
+        "settings": {
+            **settings,
+            "model": adapter.name,
+            "model_source": args.model,
+            "tl_class": adapter.kind,
+            "label_token_policy": policy,
+            "anchor_flow": __version__,
+            "transformer_lens": tl_version(),
+        },
+        "per_seed": per_seed,
+        "accuracy_mean": float(accuracies.mean()),
+        "accuracy_ci95": [float(low[0]), float(high[0])],
+    }
+    lines = ["run,n_examples,accuracy"] + [
+        f"{row['run']},{row['n_examples']},{row['accuracy']}" for row in per_seed
+    ]
+    tmp_csv = out / "icl.csv.tmp"
+    tmp_csv.write_text("\n".join(lines) + "\n")
+    os.replace(tmp_csv, out / "icl.csv")
+    write_json(out / "icl.json", summary)
+    say(f"anchor-flow: accuracy {summary['accuracy_mean']:.4f}; wrote {out / 'icl.json'}")
+
+
+def run_prompts_command(args: argparse.Namespace) -> None:
+    from anchor_flow.prompts import save_prompts
+
+    sets, _, _ = prompt_sets(args, args.scheme, None, None)
+    prompts = [prompt for prompt_set in sets.values() for prompt in prompt_set]
+    save_prompts(args.out, prompts)
+    say(f"anchor-flow: wrote {len(prompts)} prompts to {args.out}")
+
+
+def run_data_command(args: argparse.Namespace) -> None:
+    from anchor_flow.data import load_task_data, save_task_data
+
+    data = load_task_data(args.task)
+    folder = save_task_data(data, args.out)
+    say(f"anchor-flow: wrote {len(data.train)} train and {len(data.test)} test rows to {folder}")
+
+
+def run_report_command(args: argparse.Namespace) -> None:
+    from anchor_flow.report import render_results_folder
+
+    say(f"anchor-flow: wrote {render_results_folder(args.directory)}")
