@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from anchor_flow.demo import DEMO_TEMPLATE, demo_prompts
 from anchor_flow.errors import AnchorFlowError
 from anchor_flow.prompts import Example, ICLPrompt, Template
 from anchor_flow.synthetic import DEFAULT_SPEC, SYNTHETIC_TEMPLATE, synthetic_prompts
@@ -318,34 +319,49 @@ register_task(
 )
 
 
-def _synthetic_source(k: int) -> Callable[[int, int, int], Sequence[ICLPrompt]]:
+PromptGenerator = Callable[..., Sequence[ICLPrompt]]
+
+
+def _register_generated(
+    name: str, template: Template, k: int, generate: PromptGenerator, description: str
+) -> None:
+    """Register a task whose prompts are generated whole (label words drawn per prompt)."""
+
     def source(seed: int, n_examples: int, shots_per_class: int) -> Sequence[ICLPrompt]:
-        return synthetic_prompts(n_examples, k=k, shots_per_class=shots_per_class, seed=seed)
+        return generate(n_examples, k=k, shots_per_class=shots_per_class, seed=seed)
 
-    return source
-
-
-def _synthetic_data(k: int) -> Callable[[], tuple[Sequence[Example], Sequence[Example]]]:
-    # load_task_data (and `anchor-flow data`) need examples; the prompts come from the source.
     def data() -> tuple[Sequence[Example], Sequence[Example]]:
-        prompts = synthetic_prompts(8, k=k, seed=0)
+        # load_task_data (and `anchor-flow data`) need examples; the prompts come from source.
+        prompts = generate(8, k=k, seed=0)
         return [d for p in prompts for d in p.demonstrations], [p.query for p in prompts]
 
-    return data
+    register_task(
+        Task(
+            name=name,
+            template=template,
+            label_words=tuple(f" L{i}" for i in range(k)),  # placeholders: only K matters
+            label_names=tuple(f"class {i}" for i in range(k)),
+            description=description,
+            builtin_data=data,
+            prompt_source=source,
+        )
+    )
 
 
 for _k in (2, 3, 4):
-    register_task(
-        Task(
-            name=f"synthetic-k{_k}",
-            template=SYNTHETIC_TEMPLATE,
-            label_words=tuple(f" L{i}" for i in range(_k)),
-            label_names=tuple(f"class {i}" for i in range(_k)),
-            description=(
-                f"synthetic topics, {_k} classes, label words drawn per prompt from "
-                f"{DEFAULT_SPEC.n_label_words} (anchor_flow.synthetic; for the planted models)"
-            ),
-            builtin_data=_synthetic_data(_k),
-            prompt_source=_synthetic_source(_k),
-        )
+    _register_generated(
+        f"synthetic-k{_k}",
+        SYNTHETIC_TEMPLATE,
+        _k,
+        synthetic_prompts,
+        f"synthetic topics, {_k} classes, label words drawn per prompt from "
+        f"{DEFAULT_SPEC.n_label_words} (anchor_flow.synthetic; for the planted models)",
+    )
+    _register_generated(
+        f"demo-k{_k}",
+        DEMO_TEMPLATE,
+        _k,
+        demo_prompts,
+        f"the demo model's task: {_k} classes, prototypes and label words drawn per prompt "
+        "(anchor_flow.demo; TOY_NOTES recipe B)",
     )
