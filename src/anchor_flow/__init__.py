@@ -16,8 +16,16 @@ from anchor_flow.blocking import (
     random_rows,
     role_pair_mask,
 )
+from anchor_flow.compression import (
+    CompressedContext,
+    CompressionError,
+    compress_context,
+    run_compressed_icl,
+)
+from anchor_flow.compression_baselines import CompressionResult, run_compression
 from anchor_flow.data import TaskData, load_task_data, read_examples, save_task_data
 from anchor_flow.deep import DeepResult, run_deep
+from anchor_flow.diagnosis import DiagnosisResult, run_diagnosis
 from anchor_flow.edges import FINE_GROUPS, PAPER_FLOWS, edge_groups, paper_edge_masks
 from anchor_flow.errors import (
     AnchorFlowError,
@@ -34,6 +42,13 @@ from anchor_flow.flows import InformationFlow
 from anchor_flow.isolation import IsolationResult, label_loyalty, run_isolation, word_loyalty
 from anchor_flow.loading import from_hf_model, load_model
 from anchor_flow.plotting import plot_flows, plot_group_matrix, plot_saliency_heatmap
+from anchor_flow.plotting_applications import (
+    plot_betas,
+    plot_confusion,
+    plot_confusion_correlation,
+    plot_reweighting_accuracy,
+)
+from anchor_flow.plotting_compression import plot_compression, plot_speedup
 from anchor_flow.plotting_experiments import plot_deep, plot_flows_with_auc, plot_isolation
 from anchor_flow.prompts import (
     Example,
@@ -45,6 +60,8 @@ from anchor_flow.prompts import (
     toy_prompts,
 )
 from anchor_flow.report import ReportSection, write_report
+from anchor_flow.reweighting import AnchorReweighting, fit_reweighting
+from anchor_flow.reweighting_protocol import ReweightingResult, reweighting_prompts, run_reweighting
 from anchor_flow.roles import PromptBatch, Role
 from anchor_flow.saliency import label_logits, run_saliency, saliency_hooks
 from anchor_flow.saliency_result import SaliencyResult
@@ -68,10 +85,15 @@ __all__ = [
     "PAPER_FLOWS",
     "PAPER_SEEDS",
     "AnchorFlowError",
+    "AnchorReweighting",
     "BlockingError",
+    "CompressedContext",
+    "CompressionError",
+    "CompressionResult",
     "ContextLengthError",
     "DeadAttentionHooksError",
     "DeepResult",
+    "DiagnosisResult",
     "Example",
     "ICLPrompt",
     "ICLResult",
@@ -83,6 +105,7 @@ __all__ = [
     "PromptError",
     "ReportSection",
     "ResultsError",
+    "ReweightingResult",
     "Role",
     "SaliencyResult",
     "SamplingError",
@@ -96,7 +119,9 @@ __all__ = [
     "block_edges_hooks",
     "blocking_hooks",
     "build_prompts",
+    "compress_context",
     "edge_groups",
+    "fit_reweighting",
     "fit_to_context",
     "from_hf_model",
     "get_task",
@@ -110,19 +135,30 @@ __all__ = [
     "load_task_file",
     "paper_edge_masks",
     "per_example_demonstrations",
+    "plot_betas",
+    "plot_compression",
+    "plot_confusion",
+    "plot_confusion_correlation",
     "plot_deep",
     "plot_flows",
     "plot_flows_with_auc",
     "plot_group_matrix",
     "plot_isolation",
+    "plot_reweighting_accuracy",
     "plot_saliency_heatmap",
+    "plot_speedup",
     "random_rows",
     "read_examples",
     "register_task",
+    "reweighting_prompts",
     "role_pair_mask",
+    "run_compressed_icl",
+    "run_compression",
     "run_deep",
+    "run_diagnosis",
     "run_icl",
     "run_isolation",
+    "run_reweighting",
     "run_saliency",
     "saliency_hooks",
     "sample_demonstrations",

@@ -52,6 +52,7 @@ Metric = Callable[[Float[Tensor, "batch d_vocab"], PromptBatch], Float[Tensor, "
 Gradient = Literal["pattern", "scores"]
 HeadReduction = Literal["sum_then_abs", "abs_then_sum"]
 HookList = list[tuple[str, Callable[..., Any]]]
+BatchHooks = Callable[[Tensor, PromptBatch], Sequence[tuple[Any, Callable[..., Any]]]]
 
 
 def label_logits(
@@ -295,6 +296,7 @@ def run_saliency(
     label_token_policy: Literal["single", "first", "all"] = "single",
     prepend_bos: bool | None = None,
     extra_hooks: Sequence[tuple[Any, Callable[..., Any]]] = (),
+    batch_hooks: BatchHooks | None = None,
     progress: bool = True,
 ) -> SaliencyResult:
     """Saliency ``I_l`` of every attention edge, per layer, for a set of ICL prompts.
@@ -322,6 +324,9 @@ def run_saliency(
             :func:`anchor_flow.prompts.tokenize_prompts`).
         prepend_bos: force a BOS token on or off (default: what the tokenizer does).
         extra_hooks: your own forward hooks, active during the measurement.
+        batch_hooks: hooks that depend on the batch (e.g. a fitted
+            :class:`~anchor_flow.reweighting.AnchorReweighting`'s ``batch_hooks``): called with
+            the original prompt indices of each length-sorted batch and the batch itself.
         progress: show a progress bar over batches.
     """
     if batch_size < 1:
@@ -348,16 +353,18 @@ def run_saliency(
     outputs: list[tuple[Tensor, _BatchOutput]] = []
     with frozen(adapter):
         for rows in tqdm(chunks, desc="saliency", unit="batch", disable=not progress):
+            part = batch.select(rows.tolist())
+            hooks = [*extra_hooks, *(batch_hooks(rows, part) if batch_hooks else ())]
             out = _saliency_of_batch(
                 adapter,
-                batch.select(rows.tolist()),
+                part,
                 loss=loss,
                 metric=metric,
                 gradient=gradient,
                 head_reduction=head_reduction,
                 keep_maps=keep_maps,
                 keep_head_maps=keep_head_maps,
-                extra_hooks=extra_hooks,
+                extra_hooks=hooks,
             )
             outputs.append((rows, out))
     inverse = torch.argsort(torch.cat([rows for rows, _ in outputs]))

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from anchor_flow.errors import AnchorFlowError
 
-__all__ = ["bootstrap_interval", "roc_auc", "roc_auc_ovo"]
+__all__ = ["bootstrap_interval", "roc_auc", "roc_auc_ovo", "spearman"]
 
 
 def bootstrap_interval(
@@ -147,3 +147,29 @@ def roc_auc_ovo(scores: Tensor, labels: Tensor) -> float:
             b_vs_a = roc_auc(scores[keep, b], ~is_a)
             pair_scores.append((a_vs_b + b_vs_a) / 2.0)
     return sum(pair_scores) / len(pair_scores)
+
+
+def spearman(x: Tensor, y: Tensor) -> float:
+    """Spearman rank correlation: Pearson correlation of the average ranks (ties share).
+
+    Example:
+        >>> spearman(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([10.0, 30.0, 20.0, 40.0]))
+        0.8
+
+    Returns:
+        NaN when either input is constant (the correlation is undefined).
+
+    Raises:
+        AnchorFlowError: shapes differ, fewer than 2 values, or a value is not finite.
+    """
+    if x.ndim != 1 or tuple(x.shape) != tuple(y.shape) or x.shape[0] < 2:
+        raise AnchorFlowError(
+            f"spearman expects two 1-D tensors of the same length >= 2; got shapes "
+            f"{tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    if not bool(torch.isfinite(x).all() and torch.isfinite(y).all()):
+        raise AnchorFlowError("spearman got a NaN or infinite value; expected finite values")
+    rx, ry = _average_ranks(x), _average_ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denominator = float((rx.square().sum() * ry.square().sum()).sqrt())
+    return float("nan") if denominator == 0.0 else round(float((rx * ry).sum()) / denominator, 12)

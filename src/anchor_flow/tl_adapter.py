@@ -198,6 +198,87 @@ class ModelAdapter:
             "final layer norm bridge"
         )
 
+    # --- key/value caches (compression, PAPER.md §5.1) ----------------------------------------
+    def context_key_values(self, tokens: Int[Tensor, "batch pos"]) -> list[tuple[Tensor, Tensor]]:
+        """Every layer's ``(keys, values)`` of a forward over ``tokens``, each
+        ``[batch pos n_key_value_heads d_head]`` in the model's own cache convention.
+
+        ``HookedTransformer`` fills TL's key/value cache; a bridge returns the Hugging Face
+        cache it passes through (``return_type="logits_and_cache"``). Only
+        :meth:`forward_logits_with_past` should read the tensors (rotary models cache keys
+        before or after the rotation depending on the class).
+        """
+        if self.kind == "hooked":
+            from transformer_lens import TransformerLensKeyValueCache
+
+            cache = TransformerLensKeyValueCache.init_cache(
+                self.model.cfg, self.device, tokens.shape[0]
+            )
+            mask = torch.ones_like(tokens)
+            self.model(tokens, return_type=None, attention_mask=mask, past_kv_cache=cache)
+            return [(entry.past_keys, entry.past_values) for entry in cache.entries]
+        _, cache = self.model(tokens, return_type="logits_and_cache", use_cache=True)
+        return [
+            (layer.keys.transpose(1, 2), layer.values.transpose(1, 2)) for layer in cache.layers
+        ]
+
+    def forward_logits_with_past(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        past: Sequence[tuple[Tensor, Tensor]],
+        position_ids: Int[Tensor, " pos"],
+    ) -> Float[Tensor, "batch pos d_vocab"]:
+        """Logits of ``tokens`` attending to ``past`` (keys/values from
+        :meth:`context_key_values`, batch 1 or ``batch``) and to themselves, causally, at the
+        absolute ``position_ids``. The past is never modified; hooks of an enclosing
+        :meth:`hooks` block fire on the new tokens only.
+        """
+        batch, n_past = tokens.shape[0], past[0][0].shape[1]
+        position_ids = position_ids.to(self.device)
+        if self.kind == "hooked":
+            from transformer_lens import (
+                TransformerLensKeyValueCache,
+                TransformerLensKeyValueCacheEntry,
+            )
+
+            entries = [
+                TransformerLensKeyValueCacheEntry(
+                    k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), frozen=True
+                )
+                for k, v in past
+            ]
+            ones = torch.ones(batch, n_past, dtype=torch.int, device=self.device)
+            cache = TransformerLensKeyValueCache(entries, ones, frozen=True)
+            default = torch.arange(n_past, n_past + tokens.shape[1], device=self.device)
+            hooks: list[tuple[str, Callable[..., Any]]] = []
+            if not torch.equal(position_ids, default):
+                if self.model.cfg.positional_embedding_type != "standard":
+                    raise UnsupportedModelError(
+                        f"{self.name!r}: HookedTransformer continues positions after a past of "
+                        f"{n_past} keys only; other position ids need learned absolute position "
+                        "embeddings; use a TransformerBridge or position_policy='compact'"
+                    )
+                w_pos = self.model.W_pos
+                hooks = [
+                    ("hook_pos_embed", lambda embed, hook: w_pos[position_ids].expand_as(embed))
+                ]
+            with self.model.hooks(fwd_hooks=hooks):
+                mask = torch.ones_like(tokens)
+                return self.model(tokens, attention_mask=mask, past_kv_cache=cache)
+        from transformers import DynamicCache
+
+        hf_cache = DynamicCache(
+            [
+                (
+                    k.expand(batch, -1, -1, -1).transpose(1, 2),
+                    v.expand(batch, -1, -1, -1).transpose(1, 2),
+                )
+                for k, v in past
+            ]
+        )
+        ids = position_ids[None].expand(batch, -1)
+        return self.model(tokens, return_type="logits", past_key_values=hf_cache, position_ids=ids)
+
     @property
     def device(self) -> torch.device:
         return next(iter(_parameters(self.model))).device

@@ -22,7 +22,7 @@ def test_saliency_command_writes_every_output(tmp_path, capsys):
     summary = json.loads((out / "saliency.json").read_text())
     assert summary["schema"] == "anchor_flow.information_flow/1"
     assert summary["n_prompts"] == 6
-    assert len(summary["layers"]) == summary["n_layers"] == 4
+    assert len(summary["layers"]) == summary["n_layers"] == 6  # the demo model, the default
     for layer in summary["layers"]:
         shares = [layer[f"{name}_normalised"] for name in ("S_wp", "S_pq", "S_ww")]
         assert sum(shares) == pytest.approx(1.0)
@@ -30,7 +30,7 @@ def test_saliency_command_writes_every_output(tmp_path, capsys):
     settings = summary["settings"]
     for key in ("model", "loss", "gradient", "head_reduction", "transformer_lens", "task", "seeds"):
         assert key in settings
-    assert settings["task"] == "toy-sentiment"
+    assert settings["task"] == "demo-k3"
     assert settings["demonstrations"] == "per_example"
     assert 0.0 <= summary["accuracy"]["seed-42"] <= 1.0
     assert InformationFlow.load(out / "saliency.json").n_prompts == 6
@@ -80,7 +80,8 @@ def test_task_from_a_description_file_and_a_local_folder(tmp_path, capsys):
         )
     )
     out = tmp_path / "run"
-    args = ["evaluate", "--task", str(task_file), "--data-dir", str(data), "--out", str(out)]
+    args = ["evaluate", "--model", "toy-gpt2", "--task", str(task_file), "--data-dir", str(data)]
+    args += ["--out", str(out)]
     assert main([*args, "--seeds", "42,43", "--quiet"]) == 0, capsys.readouterr().err
     summary = json.loads((out / "icl.json").read_text())
     assert summary["settings"]["task"] == "my-sentiment"
@@ -153,7 +154,8 @@ def test_prompts_longer_than_the_context_fail_or_are_skipped_and_counted(tmp_pat
         pd.DataFrame(rows, columns=["text", "label"]).to_json(
             data / f"{name}.jsonl", orient="records", lines=True
         )
-    args = ["saliency", "--task", "sst2", "--data-dir", str(data), "--seeds", "42", "--quiet"]
+    args = ["saliency", "--model", "toy-gpt2", "--task", "sst2", "--data-dir", str(data)]
+    args += ["--seeds", "42", "--quiet"]
     assert main([*args, "--out", str(tmp_path / "strict")]) == 2
     err = capsys.readouterr().err
     assert "tokens" in err

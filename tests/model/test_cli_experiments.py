@@ -11,7 +11,8 @@ from anchor_flow.cli import main
 from anchor_flow.deep import DeepResult
 from anchor_flow.isolation import IsolationResult
 
-QUICK = ["--n-examples", "6", "--seeds", "42,43", "--quiet"]
+TOY = ["--model", "toy-gpt2", "--task", "toy-sentiment"]
+QUICK = [*TOY, "--n-examples", "6", "--seeds", "42,43", "--quiet"]
 
 
 def test_isolation_and_deep_commands_write_results_and_one_report(tmp_path, capsys):
@@ -42,7 +43,7 @@ def test_isolation_and_deep_commands_write_results_and_one_report(tmp_path, caps
     assert "Isolating label words (shallow vs deep)" in report
     assert "Deep layers: AUCROC_l and R_l" in report
     # A saliency run in the same folder keeps the other sections and adds the overlay.
-    args = ["saliency", "--out", str(out), "--n-examples", "3", "--seeds", "42", "--quiet"]
+    args = ["saliency", "--out", str(out), *TOY, "--n-examples", "3", "--seeds", "42", "--quiet"]
     assert main(args) == 0
     report = (out / "report.html").read_text()
     for heading in ("Relative information flow per layer", "Isolating label words",

@@ -12,6 +12,10 @@ protocol (``--task``, ``--data-dir``, ``--seeds``, ``--n-examples``, ``--shots-p
   ``isolation.json``, ``isolation.csv``, ``isolation/`` and ``report.html``;
 * ``anchor-flow deep`` — AUCROC_l and R_l per layer (§2.3), writes ``deep.json``,
   ``deep.csv``, ``deep/`` and ``report.html``;
+* ``anchor-flow reweight`` — anchor re-weighting vs vanilla 1-shot / k-shot ICL (§3.1), writes
+  ``reweighting.json``, ``reweighting.csv``, ``reweighting/`` and ``report.html``;
+* ``anchor-flow diagnose`` — anchor distances vs real confusion (§3.3), writes
+  ``diagnosis.json``, ``diagnosis.csv``, ``diagnosis/`` and ``report.html``;
 * ``anchor-flow report DIR`` — re-renders a results folder's report (all parts present);
 * ``anchor-flow prompts`` — writes a task's prompts as JSONL (what ``--prompts`` reads);
 * ``anchor-flow data`` — saves a task's hub data as a local folder for offline use.
@@ -27,7 +31,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from anchor_flow.cli import core, experiments
+from anchor_flow.cli import applications, compression, core, experiments
 from anchor_flow.cli.common import check_counts, model_options, task_options
 
 __all__ = ["main"]
@@ -74,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
 
     experiments.add_parsers(commands, [model, task])
+    applications.add_parsers(commands, [model, task])
+    compression.add_parsers(commands, [model, task])
 
     report = commands.add_parser("report", help="re-render report.html of a results folder")
     report.add_argument(
@@ -102,6 +108,9 @@ _COMMANDS = {
     "evaluate": core.run_evaluate_command,
     "isolation": experiments.run_isolation_command,
     "deep": experiments.run_deep_command,
+    "reweight": applications.run_reweight_command,
+    "diagnose": applications.run_diagnose_command,
+    "compress": compression.run_compress_command,
     "report": core.run_report_command,
     "prompts": core.run_prompts_command,
     "data": core.run_data_command,

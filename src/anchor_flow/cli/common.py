@@ -35,8 +35,9 @@ def model_options() -> argparse.ArgumentParser:
     group = options.add_argument_group("model")
     group.add_argument(
         "--model",
-        default="toy-gpt2",
-        help="built-in name (toy-gpt2), local Hugging Face folder, or hub name (default: toy-gpt2)",
+        default="demo",
+        help="built-in name (demo, planted-anchor, planted-formatting, toy-gpt2), local Hugging "
+        "Face folder, or hub name (default: demo, the embedded trained model)",
     )
     group.add_argument("--tl-class", choices=["auto", "hooked", "bridge"], default="auto")
     group.add_argument("--device", default=None, help="e.g. cpu, cuda (default: TL's choice)")
@@ -49,9 +50,10 @@ def task_options() -> argparse.ArgumentParser:
     group = options.add_argument_group("task and sampling protocol (paper §0, §7)")
     group.add_argument(
         "--task",
-        default="toy-sentiment",
-        help="sst2, agnews, trec, emoc, toy-sentiment, or a task description file "
-        "(.json/.yaml) (default: toy-sentiment, built in)",
+        default="demo-k3",
+        help="sst2, agnews, trec, emoc, demo-k2/k3/k4 (the demo model's), synthetic-k2/k3/k4 "
+        "(the planted models'), toy-sentiment, or a task description file (.json/.yaml) "
+        "(default: demo-k3)",
     )
     group.add_argument(
         "--data-dir", type=Path, help="folder with train/test files instead of the hub"

@@ -1,0 +1,377 @@
+"""The paper's Table 2 comparison of compressed contexts (paper §3.2; PAPER.md §5.2–5.3).
+
+:func:`run_compression` runs, for one prompt set (one seed, scheme "fixed"):
+
+* **ICL**: the full prompts (the reference for the loyalties);
+* **Text_anchor**: each demonstration reduced, as text, to its formatting and label
+  (``Review:\\nSentiment: Negative\\n``), then the full query; built at the token level from
+  the full prompt's tokens (Δ the official code re-tokenizes the string: the same tokens
+  wherever BPE does not merge across the dropped text);
+* **Hidden_random**: Hidden_anchor's formatting plus one random text position of the same
+  demonstration per label-word token, seeded (Δ the official draw is unseeded);
+* **Hidden_random-top**: ``n_top_trials`` (20) seeded Hidden_random draws; the one with the
+  best label loyalty is reported, and all trials are kept (Δ the official script never made
+  the selection and leaked positions between trials). The selection uses the evaluated
+  queries themselves, as the paper describes: an optimistic upper bound;
+* **Hidden_anchor** (:mod:`anchor_flow.compression`).
+
+Metrics per prompt (PAPER.md §5.2): label loyalty (same label-restricted prediction as ICL),
+word loyalty (Jaccard of the top-5 full-vocabulary tokens vs ICL), accuracy. Seeds combine
+with :meth:`CompressionResult.concat`; means over runs with bootstrap intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from anchor_flow.compression import (
+    CompressionError,
+    PositionPolicy,
+    anchor_positions,
+    context_end,
+    run_compressed_icl,
+)
+from anchor_flow.errors import ResultsError
+from anchor_flow.evaluation import ICLResult, prompt_batch, run_icl, write_atomic
+from anchor_flow.isolation import label_loyalty, word_loyalty
+from anchor_flow.prompts import ICLPrompt
+from anchor_flow.roles import PromptBatch, Role
+from anchor_flow.stats import bootstrap_interval
+from anchor_flow.tl_adapter import adapt
+
+__all__ = ["METHODS", "CompressionResult", "run_compression", "text_anchor_batch"]
+
+SCHEMA = "anchor_flow.compression/1"
+METHODS = ("text_anchor", "hidden_random", "hidden_random_top", "hidden_anchor")
+METRICS = ("label_loyalty", "word_loyalty", "accuracy")
+_ARRAYS = ("baseline_predictions", "predictions", "word_jaccard", "gold", "run", "trials")
+
+
+def text_anchor_batch(batch: PromptBatch) -> PromptBatch:
+    """Each row reduced to its demonstrations' formatting and label words, then its query.
+
+    Example:
+        >>> from anchor_flow.prompts import tokenize_prompts, toy_prompts
+        >>> from anchor_flow.toy import build_toy_tokenizer
+        >>> batch = tokenize_prompts(toy_prompts(1), build_toy_tokenizer())
+        >>> Role.TEXT in text_anchor_batch(batch).roles[0, : context_end(batch)].tolist()
+        False
+    """
+    columns = [
+        torch.cat([anchor_positions(batch, r), torch.arange(context_end(batch, r), int(n))])
+        for r, n in enumerate(batch.lengths.tolist())
+    ]
+    width = max(len(c) for c in columns)
+    pad_id = (
+        int(batch.tokens[~batch.attention_mask][0]) if bool((~batch.attention_mask).any()) else 0
+    )
+
+    def take(values: Tensor, fill: int) -> Tensor:
+        out = torch.full((len(batch), width), fill, dtype=values.dtype)
+        for r, c in enumerate(columns):
+            out[r, : len(c)] = values[r, c]
+        return out
+
+    roles = take(batch.roles, int(Role.PAD))
+    return PromptBatch(
+        tokens=take(batch.tokens, pad_id), roles=roles, demo_index=take(batch.demo_index, -1),
+        label_class=take(batch.label_class, -1),
+        target_position=(roles == Role.TARGET).long().argmax(-1),
+        label_token_ids=batch.label_token_ids, gold=batch.gold,
+        str_tokens=tuple(tuple(batch.str_tokens[r][i] for i in c.tolist())
+                         for r, c in enumerate(columns)),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CompressionResult:
+    """Per-prompt outcomes of each compression method against full-prompt ICL.
+
+    Example:
+        >>> result = CompressionResult(
+        ...     methods=("hidden_anchor",), baseline_predictions=torch.tensor([0, 1]),
+        ...     predictions=torch.tensor([[0, 0]]), word_jaccard=torch.tensor([[1.0, 0.5]]),
+        ...     gold=torch.tensor([0, 1]), run=torch.tensor([0, 0]), run_names=("seed-0",),
+        ...     trials=torch.zeros(1, 0, 3))
+        >>> result.per_prompt("label_loyalty").tolist()
+        [[1.0, 0.0]]
+
+    Attributes:
+        methods: method names, in the order of the first axis below.
+        baseline_predictions: ICL's predicted class per prompt.
+        predictions: each method's predicted class.
+        word_jaccard: Jaccard of each method's top-k tokens with ICL's.
+        gold: the query's class, -1 when unknown.
+        run: index into ``run_names`` of each prompt's run (seed).
+        run_names: e.g. ``"seed-42"``.
+        trials: Hidden_random-top's trials ``[run, trial, metric]`` (label loyalty, word
+            loyalty, accuracy per trial; empty when not run).
+        settings: how the result was computed (JSON-safe).
+    """
+
+    methods: tuple[str, ...]
+    baseline_predictions: Int[Tensor, " prompt"]
+    predictions: Int[Tensor, "method prompt"]
+    word_jaccard: Float[Tensor, "method prompt"]
+    gold: Int[Tensor, " prompt"]
+    run: Int[Tensor, " prompt"]
+    run_names: tuple[str, ...]
+    trials: Float[Tensor, "run trial metric"]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n, m = int(self.baseline_predictions.shape[0]), len(self.methods)
+        want = {"predictions": (m, n), "word_jaccard": (m, n), "gold": (n,), "run": (n,)}
+        bad = {k: tuple(getattr(self, k).shape) for k, s in want.items()
+               if tuple(getattr(self, k).shape) != s}  # fmt: skip
+        if bad or n == 0:
+            raise CompressionError(
+                f"CompressionResult with {m} methods and {n} prompts got shapes {bad}; "
+                "expected [method, prompt] and [prompt] (and at least one prompt)"
+            )
+        if not 0 <= int(self.run.min()) <= int(self.run.max()) < len(self.run_names):
+            raise CompressionError(f"run indices must index run_names {self.run_names}")
+        if self.trials.ndim != 3 or self.trials.shape[0] not in (0, len(self.run_names)):
+            raise CompressionError(
+                f"trials has shape {tuple(self.trials.shape)}; expected [run, trial, 3]"
+            )
+        for name in _ARRAYS:
+            object.__setattr__(self, name, getattr(self, name).detach().cpu())
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.baseline_predictions.shape[0])
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.run_names)
+
+    def per_prompt(self, metric: str) -> Float[Tensor, "method prompt"]:
+        """``"label_loyalty"``, ``"word_loyalty"`` or ``"accuracy"`` (NaN: gold unknown)."""
+        if metric == "label_loyalty":
+            return (self.predictions == self.baseline_predictions[None]).double()
+        if metric == "word_loyalty":
+            return self.word_jaccard.double()
+        if metric == "accuracy":
+            correct = (self.predictions == self.gold[None]).double()
+            return torch.where(self.gold[None] >= 0, correct, math.nan)
+        raise CompressionError(f"metric={metric!r}; expected one of {METRICS}")
+
+    def summary_frame(self, *, level: float = 0.95) -> pd.DataFrame:
+        """One row per (method, metric) incl. ``"icl"``: mean over runs, bootstrap interval over
+        runs (>= 2) or prompts (column ``ci_over``)."""
+        base_acc = torch.where(self.gold >= 0, (self.baseline_predictions == self.gold).double(),
+                               math.nan)  # fmt: skip
+        values = {m: self.per_prompt(m) for m in METRICS}
+        icl = {"label_loyalty": 1.0, "word_loyalty": 1.0}
+        rows = []
+        for metric in METRICS:
+            full = (
+                base_acc[None]
+                if metric == "accuracy"
+                else torch.full_like(base_acc[None], icl[metric])
+            )
+            stacked = torch.cat([full, values[metric]])
+            per_run = torch.stack([stacked[:, self.run == r].nanmean(-1)
+                                   for r in range(self.n_runs)])  # fmt: skip
+            units = per_run if self.n_runs >= 2 else stacked.T
+            low, high = bootstrap_interval(units, lambda v: v.nanmean(0), level=level)
+            for i, method in enumerate(("icl", *self.methods)):
+                rows.append({"method": method, "metric": metric,
+                             "mean": float(per_run.nanmean(0)[i]), "ci_low": float(low[i]),
+                             "ci_high": float(high[i])})  # fmt: skip
+        frame = pd.DataFrame(rows)
+        frame["ci_over"] = "runs" if self.n_runs >= 2 else "prompts"
+        frame["n_runs"], frame["n_prompts"] = self.n_runs, self.n_prompts
+        return frame
+
+    def trials_frame(self) -> pd.DataFrame:
+        """Hidden_random-top: one row per (run, trial) with its three metrics and ``chosen``."""
+        rows = []
+        for r, name in enumerate(self.run_names[: self.trials.shape[0]]):
+            best = int(self.trials[r, :, 0].argmax())
+            for t in range(self.trials.shape[1]):
+                metrics = dict(zip(METRICS, self.trials[r, t].tolist(), strict=True))
+                rows.append({"run": name, "trial": t, **metrics, "chosen": t == best})
+        return pd.DataFrame(rows, columns=["run", "trial", *METRICS, "chosen"])
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long form: one row per (method, prompt) with the three per-prompt metrics."""
+        metrics = {m: self.per_prompt(m) for m in METRICS}
+        runs = [self.run_names[r] for r in self.run.tolist()]
+        return pd.concat(
+            [pd.DataFrame({"run": runs, "prompt": range(self.n_prompts), "method": method,
+                           **{m: metrics[m][i].numpy() for m in METRICS}})
+             for i, method in enumerate(self.methods)], ignore_index=True,
+        )  # fmt: skip
+
+    def summary(self, *, level: float = 0.95) -> dict[str, Any]:
+        """JSON-safe summary (what ``compression.json`` holds)."""
+        return {
+            "schema": SCHEMA, "settings": self.settings, "runs": list(self.run_names),
+            "n_prompts": self.n_prompts,
+            "means": self.summary_frame(level=level).to_dict(orient="records"),
+            "random_top_trials": self.trials_frame().to_dict(orient="records"),
+        }  # fmt: skip
+
+    @classmethod
+    def concat(cls, results: Sequence[CompressionResult]) -> CompressionResult:
+        """Pool runs (e.g. seeds) with the same methods; run names must differ."""
+        if not results:
+            raise CompressionError("concat needs at least one CompressionResult; got none")
+        if any(r.methods != results[0].methods for r in results):
+            raise CompressionError("cannot concat compression results with different methods")
+        names = tuple(n for r in results for n in r.run_names)
+        if len(set(names)) != len(names):
+            raise CompressionError(f"run names must be unique across results; got {names}")
+        if len({r.trials.shape[1:] for r in results}) != 1:
+            raise CompressionError("cannot concat results with different numbers of trials")
+        offsets = np.cumsum([0] + [r.n_runs for r in results])[:-1].tolist()
+        return cls(
+            methods=results[0].methods,
+            baseline_predictions=torch.cat([r.baseline_predictions for r in results]),
+            predictions=torch.cat([r.predictions for r in results], dim=1),
+            word_jaccard=torch.cat([r.word_jaccard for r in results], dim=1),
+            gold=torch.cat([r.gold for r in results]),
+            run=torch.cat([r.run + o for r, o in zip(results, offsets, strict=True)]),
+            run_names=names,
+            trials=torch.cat([r.trials for r in results]),
+            settings=dict(results[0].settings),
+        )
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Write ``compression.npz`` and ``compression_meta.json`` into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays = {name: getattr(self, name).numpy() for name in _ARRAYS}
+        meta = {"schema": SCHEMA, "settings": self.settings, "run_names": list(self.run_names),
+                "methods": list(self.methods)}  # fmt: skip
+        write_atomic(directory / "compression.npz", lambda f: np.savez_compressed(f, **arrays))
+        write_atomic(
+            directory / "compression_meta.json", lambda f: f.write(json.dumps(meta).encode())
+        )
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> CompressionResult:
+        """Read a result written by :meth:`save`."""
+        directory = Path(directory)
+        try:
+            meta = json.loads((directory / "compression_meta.json").read_text())
+            with np.load(directory / "compression.npz") as data:
+                arrays = {name: torch.from_numpy(data[name]) for name in _ARRAYS}
+        except (OSError, json.JSONDecodeError, ValueError, KeyError) as error:
+            raise ResultsError(
+                f"cannot read a compression result from {str(directory)!r}: {error}; expected "
+                "compression.npz and compression_meta.json written by CompressionResult.save"
+            ) from error
+        if meta.get("schema") != SCHEMA:
+            raise ResultsError(
+                f"{str(directory)!r} holds schema {meta.get('schema')!r}; expected {SCHEMA!r}"
+            )
+        return cls(methods=tuple(meta["methods"]), run_names=tuple(meta["run_names"]),
+                   settings=meta["settings"], **arrays)  # fmt: skip
+
+
+def run_compression(
+    model: Any,
+    prompts: Sequence[ICLPrompt] | PromptBatch,
+    *,
+    methods: Sequence[str] = METHODS,
+    position_policy: PositionPolicy = "original",
+    keep_bos: bool = True,
+    seed: int = 0,
+    n_top_trials: int = 20,
+    top_k: int = 5,
+    batch_size: int = 8,
+    run_name: str | None = None,
+    label_token_policy: Literal["single", "first", "all"] = "single",
+    progress: bool = False,
+) -> CompressionResult:
+    """Table 2 for one prompt set: ICL vs the compression methods, per prompt.
+
+    Example:
+        >>> from anchor_flow import load_model, toy_prompts
+        >>> result = run_compression(load_model("toy-gpt2"), toy_prompts(4), n_top_trials=2)
+        >>> result.methods
+        ('text_anchor', 'hidden_random', 'hidden_random_top', 'hidden_anchor')
+
+    Args:
+        model: a ``HookedTransformer`` or ``TransformerBridge``.
+        prompts: ICL prompts sharing their demonstrations (scheme "fixed") or a PromptBatch.
+        methods: a subset of :data:`METHODS`, in the order to report.
+        position_policy, keep_bos: see :mod:`anchor_flow.compression`.
+        seed: seed of Hidden_random (trial 0) and of Hidden_random-top's trials 1..n.
+        n_top_trials: Hidden_random-top's number of random sets (paper: 20).
+        top_k: word loyalty's top-k (paper: 5).
+        batch_size: prompts per forward pass.
+        run_name: name of this run (default ``f"seed-{seed}"``).
+        label_token_policy: see :func:`anchor_flow.prompts.tokenize_prompts`.
+        progress: progress bar of the full-prompt ICL pass.
+    """
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods or len(set(methods)) != len(methods):
+        raise CompressionError(f"methods={list(methods)!r}; expected distinct names from {METHODS}")
+    if n_top_trials < 1:
+        raise CompressionError(f"n_top_trials={n_top_trials!r}; expected a positive integer")
+    adapter = adapt(model)
+    batch = prompt_batch(adapter, prompts, label_token_policy=label_token_policy)
+    full = run_icl(adapter, batch, batch_size=batch_size, top_k=top_k, progress=progress)
+    shared = {"position_policy": position_policy, "keep_bos": keep_bos, "seed": seed,
+              "batch_size": batch_size, "top_k": top_k}  # fmt: skip
+
+    def score(result: ICLResult) -> tuple[Tensor, Tensor]:
+        return result.predictions, word_loyalty(full.top_tokens, result.top_tokens)
+
+    def hidden(keep: Literal["anchor", "random"], trial: int = 0) -> tuple[Tensor, Tensor]:
+        return score(run_compressed_icl(
+            adapter, batch, keep=keep, position_policy=position_policy, keep_bos=keep_bos,
+            seed=seed, trial=trial, batch_size=batch_size, top_k=top_k,
+        ))  # fmt: skip
+
+    outcomes: dict[str, tuple[Tensor, Tensor]] = {}
+    trials = torch.zeros(1, 0, 3)
+    for method in methods:
+        if method == "text_anchor":
+            outcomes[method] = score(
+                run_icl(
+                    adapter,
+                    text_anchor_batch(batch),
+                    batch_size=batch_size,
+                    top_k=top_k,
+                    progress=False,
+                )
+            )
+        elif method == "hidden_anchor":
+            outcomes[method] = hidden("anchor")
+        elif method == "hidden_random":
+            outcomes[method] = hidden("random")
+        else:
+            runs = [hidden("random", t) for t in range(1, n_top_trials + 1)]
+            acc = torch.where(batch.gold >= 0, 0.0, math.nan)
+            trials = torch.tensor([[float(label_loyalty(full.predictions, p).mean()),
+                                    float(w.mean()),
+                                    float((acc + (p == batch.gold).double()).nanmean())]
+                                   for p, w in runs])[None]  # fmt: skip
+            outcomes[method] = runs[int(trials[0, :, 0].argmax())]
+    settings = {"model": adapter.name, "tl_class": adapter.kind, "n_top_trials": n_top_trials,
+                "label_token_policy": label_token_policy, **shared}  # fmt: skip
+    return CompressionResult(
+        methods=tuple(methods), baseline_predictions=full.predictions,
+        predictions=torch.stack([outcomes[m][0] for m in methods]),
+        word_jaccard=torch.stack([outcomes[m][1] for m in methods]),
+        gold=batch.gold.clone(), run=torch.zeros(len(batch), dtype=torch.long),
+        run_names=(run_name or f"seed-{seed}",),
+        trials=trials, settings=settings,
+    )  # fmt: skip
