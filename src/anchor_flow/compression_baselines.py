@@ -22,7 +22,6 @@ with :meth:`CompressionResult.concat`; means over runs with bootstrap intervals.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -43,10 +42,10 @@ from anchor_flow.compression import (
     context_end,
     run_compressed_icl,
 )
-from anchor_flow.errors import ResultsError
-from anchor_flow.evaluation import ICLResult, prompt_batch, run_icl, write_atomic
+from anchor_flow.evaluation import ICLResult, prompt_batch, run_icl
 from anchor_flow.isolation import label_loyalty, word_loyalty
 from anchor_flow.prompts import ICLPrompt
+from anchor_flow.result_files import load_arrays, save_arrays
 from anchor_flow.roles import PromptBatch, Role
 from anchor_flow.stats import bootstrap_interval
 from anchor_flow.tl_adapter import adapt
@@ -258,28 +257,15 @@ class CompressionResult:
         arrays = {name: getattr(self, name).numpy() for name in _ARRAYS}
         meta = {"schema": SCHEMA, "settings": self.settings, "run_names": list(self.run_names),
                 "methods": list(self.methods)}  # fmt: skip
-        write_atomic(directory / "compression.npz", lambda f: np.savez_compressed(f, **arrays))
-        write_atomic(
-            directory / "compression_meta.json", lambda f: f.write(json.dumps(meta).encode())
-        )
+        save_arrays(directory, "compression", arrays, meta)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> CompressionResult:
         """Read a result written by :meth:`save`."""
         directory = Path(directory)
-        try:
-            meta = json.loads((directory / "compression_meta.json").read_text())
-            with np.load(directory / "compression.npz") as data:
-                arrays = {name: torch.from_numpy(data[name]) for name in _ARRAYS}
-        except (OSError, json.JSONDecodeError, ValueError, KeyError) as error:
-            raise ResultsError(
-                f"cannot read a compression result from {str(directory)!r}: {error}; expected "
-                "compression.npz and compression_meta.json written by CompressionResult.save"
-            ) from error
-        if meta.get("schema") != SCHEMA:
-            raise ResultsError(
-                f"{str(directory)!r} holds schema {meta.get('schema')!r}; expected {SCHEMA!r}"
-            )
+        arrays, meta = load_arrays(
+            directory, "compression", schema=SCHEMA, names=_ARRAYS, what="a compression result"
+        )
         return cls(methods=tuple(meta["methods"]), run_names=tuple(meta["run_names"]),
                    settings=meta["settings"], **arrays)  # fmt: skip
 

@@ -21,7 +21,6 @@ notebook's 1-shot reshape). Deliberately not here: plotting, saliency.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -36,9 +35,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from anchor_flow.errors import AnchorFlowError, ResultsError
-from anchor_flow.evaluation import prompt_batch, run_icl, write_atomic
+from anchor_flow.errors import AnchorFlowError
+from anchor_flow.evaluation import prompt_batch, run_icl
 from anchor_flow.prompts import ICLPrompt
+from anchor_flow.result_files import load_arrays, save_arrays
 from anchor_flow.roles import PromptBatch, Role
 from anchor_flow.stats import bootstrap_interval, roc_auc, roc_auc_ovo
 from anchor_flow.tl_adapter import adapt
@@ -233,26 +233,15 @@ class DeepResult:
         directory.mkdir(parents=True, exist_ok=True)
         arrays = {name: getattr(self, name).numpy() for name in _ARRAYS}
         meta = {"schema": SCHEMA, "settings": self.settings, "run_names": list(self.run_names)}
-        write_atomic(directory / "deep.npz", lambda f: np.savez_compressed(f, **arrays))
-        write_atomic(directory / "deep_meta.json", lambda f: f.write(json.dumps(meta).encode()))
+        save_arrays(directory, "deep", arrays, meta)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> DeepResult:
         """Read a result written by :meth:`save`."""
         directory = Path(directory)
-        try:
-            meta = json.loads((directory / "deep_meta.json").read_text())
-            with np.load(directory / "deep.npz") as data:
-                arrays = {name: torch.from_numpy(data[name]) for name in _ARRAYS}
-        except (OSError, json.JSONDecodeError, ValueError, KeyError) as error:
-            raise ResultsError(
-                f"cannot read a deep-layer result from {str(directory)!r}: {error}; expected "
-                "deep.npz and deep_meta.json written by DeepResult.save"
-            ) from error
-        if meta.get("schema") != SCHEMA:
-            raise ResultsError(
-                f"{str(directory)!r} holds schema {meta.get('schema')!r}; expected {SCHEMA!r}"
-            )
+        arrays, meta = load_arrays(
+            directory, "deep", schema=SCHEMA, names=_ARRAYS, what="a deep-layer result"
+        )
         return cls(run_names=tuple(meta["run_names"]), settings=meta["settings"], **arrays)
 
 

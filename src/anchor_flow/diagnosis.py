@@ -27,7 +27,6 @@ plotting (:mod:`anchor_flow.plotting_applications`).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -51,9 +50,9 @@ from anchor_flow.diagnosis_math import (
     real_confusion,
     repeat_kv_heads,
 )
-from anchor_flow.errors import ResultsError
-from anchor_flow.evaluation import prompt_batch, run_icl, write_atomic
+from anchor_flow.evaluation import prompt_batch, run_icl
 from anchor_flow.prompts import ICLPrompt
+from anchor_flow.result_files import load_arrays, save_arrays
 from anchor_flow.roles import PromptBatch, Role
 from anchor_flow.stats import bootstrap_interval, spearman
 from anchor_flow.tl_adapter import adapt
@@ -265,26 +264,15 @@ class DiagnosisResult:
             "layers": list(self.layers),
             "class_names": list(self.class_names),
         }
-        write_atomic(directory / "diagnosis.npz", lambda f: np.savez_compressed(f, **arrays))
-        write_atomic(
-            directory / "diagnosis_meta.json", lambda f: f.write(json.dumps(meta).encode())
-        )
+        save_arrays(directory, "diagnosis", arrays, meta)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> DiagnosisResult:
         """Read a result written by :meth:`save`."""
         directory = Path(directory)
-        try:
-            meta = json.loads((directory / "diagnosis_meta.json").read_text())
-            with np.load(directory / "diagnosis.npz") as data:
-                arrays = {name: torch.from_numpy(data[name]) for name in _ARRAYS}
-        except (OSError, json.JSONDecodeError, ValueError, KeyError) as error:
-            raise ResultsError(
-                f"cannot read a diagnosis result from {str(directory)!r}: {error}; expected "
-                "diagnosis.npz and diagnosis_meta.json written by DiagnosisResult.save"
-            ) from error
-        if meta.get("schema") != SCHEMA:
-            raise ResultsError(f"{str(directory)!r} holds schema {meta.get('schema')!r}")
+        arrays, meta = load_arrays(
+            directory, "diagnosis", schema=SCHEMA, names=_ARRAYS, what="a diagnosis result"
+        )
         return cls(
             run_names=tuple(meta["run_names"]),
             layers=tuple(meta["layers"]),

@@ -18,9 +18,7 @@ metrics and any intervention (their own modules), gradients.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +31,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from anchor_flow.errors import AnchorFlowError, ResultsError
+from anchor_flow.errors import AnchorFlowError
 from anchor_flow.prompts import ICLPrompt, tokenize_prompts
+from anchor_flow.result_files import load_arrays, save_arrays
 from anchor_flow.roles import PromptBatch
 from anchor_flow.tl_adapter import ModelAdapter, adapt, check_attention_hooks_live, frozen
 
-__all__ = ["BatchHooks", "ICLResult", "prompt_batch", "run_icl", "write_atomic"]
+__all__ = ["BatchHooks", "ICLResult", "prompt_batch", "run_icl"]
 
 SCHEMA = "anchor_flow.icl/1"
 BatchHooks = Callable[[Tensor, PromptBatch], Sequence[tuple[Any, Callable[..., Any]]]]
@@ -144,39 +143,16 @@ class ICLResult:
         directory.mkdir(parents=True, exist_ok=True)
         arrays = {name: getattr(self, name).numpy() for name in _ARRAYS}
         meta = {"schema": SCHEMA, "settings": self.settings}
-        write_atomic(directory / "icl.npz", lambda f: np.savez_compressed(f, **arrays))
-        write_atomic(directory / "icl_meta.json", lambda f: f.write(json.dumps(meta).encode()))
+        save_arrays(directory, "icl", arrays, meta)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> ICLResult:
         """Read a result written by :meth:`save`."""
         directory = Path(directory)
-        try:
-            meta = json.loads((directory / "icl_meta.json").read_text())
-            with np.load(directory / "icl.npz") as data:
-                arrays = {name: torch.from_numpy(data[name]) for name in _ARRAYS}
-        except (OSError, json.JSONDecodeError, ValueError, KeyError) as error:
-            raise ResultsError(
-                f"cannot read an ICL result from {str(directory)!r}: {error}; expected "
-                "icl.npz and icl_meta.json written by ICLResult.save"
-            ) from error
-        if meta.get("schema") != SCHEMA:
-            raise ResultsError(
-                f"{str(directory)!r} holds schema {meta.get('schema')!r}; expected {SCHEMA!r}"
-            )
+        arrays, meta = load_arrays(
+            directory, "icl", schema=SCHEMA, names=_ARRAYS, what="an ICL result"
+        )
         return cls(settings=meta["settings"], **arrays)
-
-
-def write_atomic(target: Path, write: Callable[[Any], Any]) -> None:
-    """Write ``target`` through a temporary file in its folder renamed into place."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _touches_attention(adapter: ModelAdapter, hooks: Sequence[tuple[Any, Any]]) -> bool:

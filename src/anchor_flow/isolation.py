@@ -22,7 +22,6 @@ Not here: plotting (:mod:`anchor_flow.plotting_experiments`), hooks (:mod:`ancho
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -38,9 +37,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from anchor_flow.blocking import BlockingError, BlockMode, isolation_hooks, layer_set
-from anchor_flow.errors import AnchorFlowError, ResultsError
-from anchor_flow.evaluation import prompt_batch, run_icl, write_atomic
+from anchor_flow.errors import AnchorFlowError
+from anchor_flow.evaluation import prompt_batch, run_icl
 from anchor_flow.prompts import ICLPrompt
+from anchor_flow.result_files import load_arrays, save_arrays
 from anchor_flow.roles import PromptBatch
 from anchor_flow.stats import bootstrap_interval
 from anchor_flow.tl_adapter import adapt
@@ -283,28 +283,15 @@ class IsolationResult:
             "run_names": list(self.run_names),
             "conditions": [vars(c) for c in self.conditions],
         }
-        write_atomic(directory / "isolation.npz", lambda f: np.savez_compressed(f, **arrays))
-        write_atomic(
-            directory / "isolation_meta.json", lambda f: f.write(json.dumps(meta).encode())
-        )
+        save_arrays(directory, "isolation", arrays, meta)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> IsolationResult:
         """Read a result written by :meth:`save`."""
         directory = Path(directory)
-        try:
-            meta = json.loads((directory / "isolation_meta.json").read_text())
-            with np.load(directory / "isolation.npz") as data:
-                arrays = {name: torch.from_numpy(data[name]) for name in _ARRAYS}
-        except (OSError, json.JSONDecodeError, ValueError, KeyError) as error:
-            raise ResultsError(
-                f"cannot read an isolation result from {str(directory)!r}: {error}; expected "
-                "isolation.npz and isolation_meta.json written by IsolationResult.save"
-            ) from error
-        if meta.get("schema") != SCHEMA:
-            raise ResultsError(
-                f"{str(directory)!r} holds schema {meta.get('schema')!r}; expected {SCHEMA!r}"
-            )
+        arrays, meta = load_arrays(
+            directory, "isolation", schema=SCHEMA, names=_ARRAYS, what="an isolation result"
+        )
         conditions = tuple(IsolationCondition(**c) for c in meta["conditions"])
         return cls(conditions=conditions, run_names=tuple(meta["run_names"]),
                    settings=meta["settings"], **arrays)  # fmt: skip

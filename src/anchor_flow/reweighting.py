@@ -42,8 +42,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from anchor_flow.errors import AnchorFlowError, ResultsError
-from anchor_flow.evaluation import ICLResult, prompt_batch, run_icl, write_atomic
+from anchor_flow.evaluation import ICLResult, prompt_batch, run_icl
 from anchor_flow.prompts import ICLPrompt
+from anchor_flow.result_files import write_atomic
 from anchor_flow.roles import PromptBatch, Role
 from anchor_flow.tl_adapter import adapt, check_attention_hooks_live, frozen
 

@@ -14,7 +14,6 @@ Deliberately not here: the betas and their hooks (:mod:`anchor_flow.reweighting`
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -28,9 +27,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from anchor_flow.errors import ResultsError
-from anchor_flow.evaluation import run_icl, write_atomic
+from anchor_flow.evaluation import run_icl
 from anchor_flow.prompts import Example, ICLPrompt, tokenize_prompts
+from anchor_flow.result_files import load_arrays, save_arrays
 from anchor_flow.reweighting import (
     AnchorReweighting,
     ReweightingError,
@@ -208,28 +207,15 @@ class ReweightingResult:
         directory.mkdir(parents=True, exist_ok=True)
         arrays = {name: getattr(self, name).numpy() for name in _ARRAYS}
         meta = {"schema": SCHEMA, "settings": self.settings, "run_names": list(self.run_names)}
-        write_atomic(directory / "reweighting.npz", lambda f: np.savez_compressed(f, **arrays))
-        write_atomic(
-            directory / "reweighting_meta.json", lambda f: f.write(json.dumps(meta).encode())
-        )
+        save_arrays(directory, "reweighting", arrays, meta)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> ReweightingResult:
         """Read a result written by :meth:`save`."""
         directory = Path(directory)
-        try:
-            meta = json.loads((directory / "reweighting_meta.json").read_text())
-            with np.load(directory / "reweighting.npz") as data:
-                arrays = {name: torch.from_numpy(data[name]) for name in _ARRAYS}
-        except (OSError, json.JSONDecodeError, ValueError, KeyError) as error:
-            raise ResultsError(
-                f"cannot read a re-weighting result from {str(directory)!r}: {error}; expected "
-                "reweighting.npz and reweighting_meta.json written by ReweightingResult.save"
-            ) from error
-        if meta.get("schema") != SCHEMA:
-            raise ResultsError(
-                f"{str(directory)!r} holds schema {meta.get('schema')!r}; expected {SCHEMA!r}"
-            )
+        arrays, meta = load_arrays(
+            directory, "reweighting", schema=SCHEMA, names=_ARRAYS, what="a re-weighting result"
+        )
         return cls(run_names=tuple(meta["run_names"]), settings=meta["settings"], **arrays)
 
 

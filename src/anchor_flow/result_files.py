@@ -1,0 +1,95 @@
+"""Files of result objects: one ``<stem>.npz`` of arrays and one ``<stem>_meta.json``.
+
+Every result class (ICL, isolation, deep layers, re-weighting, diagnosis, compression) saves
+through here, so all writes are atomic (a temporary file in the same folder renamed into
+place: a later run never trusts a half-written file) and all reads fail with one kind of
+:class:`~anchor_flow.errors.ResultsError` that names the folder and the expected files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from anchor_flow.errors import ResultsError
+
+__all__ = ["load_arrays", "save_arrays", "write_atomic"]
+
+
+def write_atomic(target: Path, write: Callable[[Any], Any]) -> None:
+    """Write ``target`` through a temporary file in its folder renamed into place."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_arrays(
+    directory: str | os.PathLike[str],
+    stem: str,
+    arrays: Mapping[str, Tensor | np.ndarray],
+    meta: Mapping[str, Any],
+) -> None:
+    """Write ``<stem>.npz`` and ``<stem>_meta.json`` into ``directory``, each atomically.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> save_arrays(folder, "x", {"a": torch.ones(2)}, {"schema": "s/1"})
+        >>> load_arrays(folder, "x", schema="s/1", names=["a"], what="x")[0]["a"]
+        tensor([1., 1.])
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    plain = {k: v.numpy() if isinstance(v, Tensor) else v for k, v in arrays.items()}
+    write_atomic(directory / f"{stem}.npz", lambda f: np.savez_compressed(f, **plain))  # type: ignore[arg-type]
+    write_atomic(directory / f"{stem}_meta.json", lambda f: f.write(json.dumps(meta).encode()))
+
+
+def load_arrays(
+    directory: str | os.PathLike[str],
+    stem: str,
+    *,
+    schema: str,
+    names: Iterable[str],
+    what: str,
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read what :func:`save_arrays` wrote; check the schema.
+
+    Args:
+        directory: the folder.
+        stem: file stem, e.g. ``"isolation"``.
+        schema: the expected ``meta["schema"]``.
+        names: the arrays to read (all required).
+        what: the result's name for error messages, e.g. ``"an isolation result"``.
+
+    Returns:
+        ``(arrays, meta)``.
+    """
+    directory = Path(directory)
+    try:
+        meta = json.loads((directory / f"{stem}_meta.json").read_text())
+        with np.load(directory / f"{stem}.npz") as data:
+            arrays = {name: torch.from_numpy(data[name]) for name in names}
+    except (OSError, json.JSONDecodeError, ValueError, KeyError) as error:
+        raise ResultsError(
+            f"cannot read {what} from {str(directory)!r}: {error}; expected {stem}.npz and "
+            f"{stem}_meta.json written by its save()"
+        ) from error
+    if meta.get("schema") != schema:
+        raise ResultsError(
+            f"{str(directory)!r} holds schema {meta.get('schema')!r}; expected {schema!r}"
+        )
+    return arrays, meta
