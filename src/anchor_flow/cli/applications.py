@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from anchor_flow.cli.common import prompt_sets, say, write_frame, write_json
+from anchor_flow.cli.common import load_model_and_prompts, load_model_for, write_results
 
 
 def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -49,30 +49,6 @@ def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     diagnose.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _model(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
-    from anchor_flow import __version__
-    from anchor_flow.loading import load_model
-    from anchor_flow.tl_adapter import adapt, tl_version
-
-    model = load_model(args.model, tl_class=args.tl_class, device=args.device)
-    adapter = adapt(model)
-    settings = {"model_source": args.model, "tl_class": adapter.kind, "anchor_flow": __version__,
-                "transformer_lens": tl_version(), "device": str(adapter.device)}  # fmt: skip
-    return model, adapter, settings
-
-
-def _finish(out: Path, name: str, result: Any) -> None:
-    from anchor_flow.report import render_results_folder
-
-    out.mkdir(parents=True, exist_ok=True)
-    result.save(out / name)
-    frame = result.summary_frame() if name == "reweighting" else result.to_frame()
-    write_frame(out / f"{name}.csv", frame)
-    write_json(out / f"{name}.json", result.summary())
-    render_results_folder(out)
-    say(f"anchor-flow: wrote {out / (name + '.json')} and {out / 'report.html'}")
-
-
 def run_reweight_command(args: argparse.Namespace) -> None:
     from anchor_flow.cli.common import positive
     from anchor_flow.data import load_task_data
@@ -85,7 +61,7 @@ def run_reweight_command(args: argparse.Namespace) -> None:
 
     for option in ("epochs", "train_per_class", "train_batch_size"):
         positive("--" + option.replace("_", "-"), getattr(args, option))
-    model, adapter, settings = _model(args)
+    model, adapter, settings = load_model_for(args)
     task = get_task(args.task)
     policy = args.label_token_policy or task.label_token_policy
     data = load_task_data(task, data_dir=args.data_dir)
@@ -108,16 +84,15 @@ def run_reweight_command(args: argparse.Namespace) -> None:
              "n_examples": args.n_examples, "train_per_class": args.train_per_class,
              "class_names": list(task.label_names),
              "k_shot_shots_per_run": [r.settings["k_shot_shots"] for r in runs]}  # fmt: skip
-    pooled = ReweightingResult(**{**vars(pooled), "settings": {**pooled.settings, **extra}})
-    _finish(args.out, "reweighting", pooled)
+    write_results(args.out, "reweighting", pooled, extra,
+                  {"reweighting.csv": pooled.summary_frame()})  # fmt: skip
 
 
 def run_diagnose_command(args: argparse.Namespace) -> None:
     from anchor_flow.diagnosis import DiagnosisResult, run_diagnosis
     from anchor_flow.tasks import get_task
 
-    model, adapter, settings = _model(args)
-    sets, policy, prompt_settings = prompt_sets(args, "fixed", adapter.tokenizer, adapter.n_ctx)
+    model, sets, policy, settings = load_model_and_prompts(args)
     names = get_task(args.task).label_names
     runs = [
         run_diagnosis(model, prompts, layer=args.layer, n_components=args.n_components,
@@ -126,6 +101,4 @@ def run_diagnose_command(args: argparse.Namespace) -> None:
         for name, prompts in sets.items()
     ]  # fmt: skip
     pooled = DiagnosisResult.concat(runs)
-    extra = {**prompt_settings, **settings, "label_token_policy": policy}
-    pooled = DiagnosisResult(**{**vars(pooled), "settings": {**pooled.settings, **extra}})
-    _finish(args.out, "diagnosis", pooled)
+    write_results(args.out, "diagnosis", pooled, settings, {"diagnosis.csv": pooled.to_frame()})

@@ -147,3 +147,64 @@ def write_frame(path: Path, frame: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     frame.to_csv(tmp, index=False)
     os.replace(tmp, path)
+
+
+def choices(allowed: tuple[str, ...]) -> Any:
+    """An argparse type: a comma-separated, non-empty subset of ``allowed``."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        picked = tuple(part.strip() for part in text.split(",") if part.strip())
+        bad = [p for p in picked if p not in allowed]
+        if bad or not picked:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected a comma-separated subset of {', '.join(allowed)}"
+            )
+        return picked
+
+    return parse
+
+
+def load_model_for(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
+    """The model of ``--model/--tl-class/--device``, its adapter and the version settings."""
+    from anchor_flow import __version__
+    from anchor_flow.loading import load_model
+    from anchor_flow.tl_adapter import adapt, tl_version
+
+    model = load_model(args.model, tl_class=args.tl_class, device=args.device)
+    adapter = adapt(model)
+    settings = {
+        "model_source": args.model,
+        "tl_class": adapter.kind,
+        "anchor_flow": __version__,
+        "transformer_lens": tl_version(),
+        "device": str(adapter.device),
+    }
+    return model, adapter, settings
+
+
+def load_model_and_prompts(
+    args: argparse.Namespace,
+) -> tuple[Any, dict[str, list[Any]], Policy, dict[str, Any]]:
+    """The model, prompts per seed (demonstrations fixed per seed), policy and settings."""
+    model, adapter, settings = load_model_for(args)
+    sets, policy, prompt_settings = prompt_sets(args, "fixed", adapter.tokenizer, adapter.n_ctx)
+    return model, sets, policy, {**prompt_settings, **settings, "label_token_policy": policy}
+
+
+def write_results(
+    out: Path, stem: str, pooled: Any, settings: dict[str, Any], frames: dict[str, Any]
+) -> None:
+    """Save a pooled result with the run's settings, its CSVs and ``<stem>.json``, then
+    re-render ``report.html`` from everything in ``out``."""
+    from dataclasses import replace
+
+    from anchor_flow.report import render_results_folder
+
+    pooled = replace(pooled, settings={**pooled.settings, **settings})
+    out.mkdir(parents=True, exist_ok=True)
+    pooled.save(out / stem)
+    for name, frame in frames.items():
+        write_frame(out / name, frame)
+    write_json(out / f"{stem}.json", pooled.summary())
+    render_results_folder(out)
+    say(f"anchor-flow: wrote {out / (stem + '.json')} and {out / 'report.html'}")

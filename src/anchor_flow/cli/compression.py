@@ -12,8 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from anchor_flow.cli.common import say, write_frame, write_json
-from anchor_flow.cli.experiments import _choices, _load
+from anchor_flow.cli.common import choices, load_model_and_prompts, write_results
 
 _METHODS = ("text_anchor", "hidden_random", "hidden_random_top", "hidden_anchor")
 
@@ -30,7 +29,7 @@ def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     compress.add_argument("--out", type=Path, required=True, help="results folder")
     compress.add_argument(
-        "--methods", type=_choices(_METHODS), default=_METHODS,
+        "--methods", type=choices(_METHODS), default=_METHODS,
         help=f"comma-separated subset of {', '.join(_METHODS)}",
     )  # fmt: skip
     compress.add_argument(
@@ -49,11 +48,10 @@ def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
 def run_compress_command(args: argparse.Namespace) -> None:
     from anchor_flow.compression_baselines import CompressionResult, run_compression
     from anchor_flow.errors import AnchorFlowError
-    from anchor_flow.report import render_results_folder
 
     if args.top_trials < 1:
         raise AnchorFlowError(f"--top-trials={args.top_trials}; expected a positive integer")
-    model, _, sets, policy, settings = _load(args)
+    model, sets, policy, settings = load_model_and_prompts(args)
     runs = [
         run_compression(
             model, prompts, methods=args.methods, position_policy=args.position_policy,
@@ -64,12 +62,8 @@ def run_compress_command(args: argparse.Namespace) -> None:
         for name, prompts in sets.items()
     ]  # fmt: skip
     pooled = CompressionResult.concat(runs)
-    pooled = CompressionResult(**{**vars(pooled), "settings": {**pooled.settings, **settings}})
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    pooled.save(out / "compression")
-    write_frame(out / "compression.csv", pooled.summary_frame())
-    write_frame(out / "compression_trials.csv", pooled.trials_frame())
-    write_json(out / "compression.json", pooled.summary())
-    render_results_folder(out)
-    say(f"anchor-flow: wrote {out / 'compression.json'} and {out / 'report.html'}")
+    frames = {
+        "compression.csv": pooled.summary_frame(),
+        "compression_trials.csv": pooled.trials_frame(),
+    }
+    write_results(args.out, "compression", pooled, settings, frames)

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from anchor_flow.cli.common import prompt_sets, say, write_frame, write_json
+from anchor_flow.cli.common import choices, load_model_and_prompts, write_results
 
 
 def _counts(text: str) -> tuple[int, ...]:
@@ -24,19 +24,6 @@ def _counts(text: str) -> tuple[int, ...]:
     if not counts or min(counts) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: expected positive layer counts (e.g. 1,3)")
     return counts
-
-
-def _choices(allowed: tuple[str, ...]) -> Any:
-    def parse(text: str) -> tuple[str, ...]:
-        picked = tuple(part.strip() for part in text.split(",") if part.strip())
-        bad = [p for p in picked if p not in allowed]
-        if bad or not picked:
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: expected a comma-separated subset of {', '.join(allowed)}"
-            )
-        return picked
-
-    return parse
 
 
 def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -54,10 +41,10 @@ def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="k values, e.g. 1,3,5,7 (default: those, scaled down for small models)",
     )  # fmt: skip
     isolation.add_argument(
-        "--positions", type=_choices(("first", "last")), default=("first", "last")
+        "--positions", type=choices(("first", "last")), default=("first", "last")
     )
     isolation.add_argument(
-        "--controls", type=_choices(("label", "random")), default=("label", "random")
+        "--controls", type=choices(("label", "random")), default=("label", "random")
     )
     isolation.add_argument(
         "--mode", choices=["renormalise", "zero"], default="renormalise",
@@ -79,27 +66,10 @@ def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     deep.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, Any, dict[str, list[Any]], Any, dict[str, Any]]:
-    from anchor_flow import __version__
-    from anchor_flow.loading import load_model
-    from anchor_flow.tl_adapter import adapt, tl_version
-
-    model = load_model(args.model, tl_class=args.tl_class, device=args.device)
-    adapter = adapt(model)
-    sets, policy, settings = prompt_sets(args, "fixed", adapter.tokenizer, adapter.n_ctx)
-    settings = {
-        **settings, "model_source": args.model, "tl_class": adapter.kind,
-        "label_token_policy": policy, "anchor_flow": __version__,
-        "transformer_lens": tl_version(), "device": str(adapter.device),
-    }  # fmt: skip
-    return model, adapter, sets, policy, settings
-
-
 def run_isolation_command(args: argparse.Namespace) -> None:
     from anchor_flow.isolation import IsolationResult, run_isolation
-    from anchor_flow.report import render_results_folder
 
-    model, _, sets, policy, settings = _load(args)
+    model, sets, policy, settings = load_model_and_prompts(args)
     runs = []
     for name, prompts in sets.items():
         seed = int(name.removeprefix("seed-"))
@@ -112,32 +82,18 @@ def run_isolation_command(args: argparse.Namespace) -> None:
             )
         )  # fmt: skip
     pooled = IsolationResult.concat(runs)
-    pooled = IsolationResult(**{**vars(pooled), "settings": {**pooled.settings, **settings}})
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    pooled.save(out / "isolation")
-    write_frame(out / "isolation.csv", pooled.summary_frame())
-    write_json(out / "isolation.json", pooled.summary())
-    render_results_folder(out)
-    say(f"anchor-flow: wrote {out / 'isolation.json'} and {out / 'report.html'}")
+    write_results(args.out, "isolation", pooled, settings,
+                  {"isolation.csv": pooled.summary_frame()})  # fmt: skip
 
 
 def run_deep_command(args: argparse.Namespace) -> None:
     from anchor_flow.deep import DeepResult, run_deep
-    from anchor_flow.report import render_results_folder
 
-    model, _, sets, policy, settings = _load(args)
+    model, sets, policy, settings = load_model_and_prompts(args)
     runs = [
         run_deep(model, prompts, batch_size=args.batch_size, run_name=name,
                  label_token_policy=policy, progress=not args.quiet)
         for name, prompts in sets.items()
     ]  # fmt: skip
     pooled = DeepResult.concat(runs)
-    pooled = DeepResult(**{**vars(pooled), "settings": {**pooled.settings, **settings}})
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    pooled.save(out / "deep")
-    write_frame(out / "deep.csv", pooled.summary_frame())
-    write_json(out / "deep.json", pooled.summary())
-    render_results_folder(out)
-    say(f"anchor-flow: wrote {out / 'deep.json'} and {out / 'report.html'}")
+    write_results(args.out, "deep", pooled, settings, {"deep.csv": pooled.summary_frame()})
