@@ -41,6 +41,7 @@ from anchor_flow.evaluation import ICLResult, run_icl
 from anchor_flow.flows import InformationFlow
 from anchor_flow.isolation import IsolationResult, label_loyalty, run_isolation, word_loyalty
 from anchor_flow.loading import from_hf_model, load_model
+from anchor_flow.pipeline import EXPERIMENTS, RunConfig, load_run, run_experiments
 from anchor_flow.plotting import plot_flows, plot_group_matrix, plot_saliency_heatmap
 from anchor_flow.plotting_applications import (
     plot_betas,
@@ -60,6 +61,7 @@ from anchor_flow.prompts import (
     toy_prompts,
 )
 from anchor_flow.report import ReportSection, write_report
+from anchor_flow.report_folder import render_results_folder
 from anchor_flow.reweighting import AnchorReweighting, fit_reweighting
 from anchor_flow.reweighting_protocol import ReweightingResult, reweighting_prompts, run_reweighting
 from anchor_flow.roles import PromptBatch, Role
@@ -81,6 +83,7 @@ from anchor_flow.tasks import Task, TaskError, get_task, load_task_file, registe
 __version__ = "0.1.0"
 
 __all__ = [
+    "EXPERIMENTS",
     "FINE_GROUPS",
     "PAPER_FLOWS",
     "PAPER_SEEDS",
@@ -107,6 +110,7 @@ __all__ = [
     "ResultsError",
     "ReweightingResult",
     "Role",
+    "RunConfig",
     "SaliencyResult",
     "SamplingError",
     "Task",
@@ -131,6 +135,7 @@ __all__ = [
     "label_loyalty",
     "load_model",
     "load_prompts",
+    "load_run",
     "load_task_data",
     "load_task_file",
     "paper_edge_masks",
@@ -150,12 +155,14 @@ __all__ = [
     "random_rows",
     "read_examples",
     "register_task",
+    "render_results_folder",
     "reweighting_prompts",
     "role_pair_mask",
     "run_compressed_icl",
     "run_compression",
     "run_deep",
     "run_diagnosis",
+    "run_experiments",
     "run_icl",
     "run_isolation",
     "run_reweighting",

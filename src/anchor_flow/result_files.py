@@ -23,11 +23,15 @@ from anchor_flow.errors import ResultsError
 
 __all__ = ["load_arrays", "save_arrays", "write_atomic"]
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def write_atomic(target: Path, write: Callable[[Any], Any]) -> None:
     """Write ``target`` through a temporary file in its folder renamed into place."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
         with os.fdopen(fd, "wb") as handle:
             write(handle)
         os.replace(tmp, target)

@@ -140,7 +140,7 @@ def test_report_command_re_renders_a_results_folder(tmp_path, capsys):
 def test_report_command_refuses_an_unfinished_folder(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "holds no saliency.json" in err
+    assert "holds no results.json, saliency.json" in err
     assert len(err.strip().splitlines()) == 1
 
 

@@ -11,7 +11,8 @@ import torch
 from anchor_flow.edges import FINE_GROUPS
 from anchor_flow.errors import AnchorFlowError
 from anchor_flow.flows import InformationFlow
-from anchor_flow.report import ReportSection, saliency_report_sections, write_report
+from anchor_flow.report import ReportSection, write_report
+from anchor_flow.report_sections import saliency_report_sections
 from anchor_flow.roles import Role
 from anchor_flow.saliency_result import SaliencyResult
 

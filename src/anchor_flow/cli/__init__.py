@@ -1,5 +1,8 @@
 """The ``anchor-flow`` command: a thin layer over the public API.
 
+``anchor-flow run`` is the main job: every experiment below for one model and task, into one
+results folder (``results.json``, one CSV per table, ``report.html``), resumable.
+
 Experiment commands (``saliency``, ``evaluate``, ``isolation``, ``deep``) share the model
 options (``--model``, ``--tl-class``, ``--device``) and the task options of the paper's
 protocol (``--task``, ``--data-dir``, ``--seeds``, ``--n-examples``, ``--shots-per-class``):
@@ -30,15 +33,23 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
-from anchor_flow.cli import applications, compression, core, experiments
+from anchor_flow.cli import applications, compression, core, experiments, run
 from anchor_flow.cli.common import check_counts, model_options, task_options
 
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump): ``anchor-flow run: error: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} -h)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="anchor-flow",
         description="Information-flow analysis of in-context learning (Wang et al., EMNLP 2023).",
     )
@@ -80,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     experiments.add_parsers(commands, [model, task])
     applications.add_parsers(commands, [model, task])
     compression.add_parsers(commands, [model, task])
+    run.add_parsers(commands, [model_options(), task_options()])  # own copies: own defaults
 
     report = commands.add_parser("report", help="re-render report.html of a results folder")
     report.add_argument(
@@ -111,6 +123,7 @@ _COMMANDS = {
     "reweight": applications.run_reweight_command,
     "diagnose": applications.run_diagnose_command,
     "compress": compression.run_compress_command,
+    "run": run.run_run_command,
     "report": core.run_report_command,
     "prompts": core.run_prompts_command,
     "data": core.run_data_command,

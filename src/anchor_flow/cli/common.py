@@ -41,6 +41,10 @@ def model_options() -> argparse.ArgumentParser:
     )
     group.add_argument("--tl-class", choices=["auto", "hooked", "bridge"], default="auto")
     group.add_argument("--device", default=None, help="e.g. cpu, cuda (default: TL's choice)")
+    group.add_argument(
+        "--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+        help="model precision (default: float32)",
+    )  # fmt: skip
     group.add_argument("--batch-size", type=int, default=8)
     return options
 
@@ -166,11 +170,14 @@ def choices(allowed: tuple[str, ...]) -> Any:
 
 def load_model_for(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     """The model of ``--model/--tl-class/--device``, its adapter and the version settings."""
+    import torch
+
     from anchor_flow import __version__
     from anchor_flow.loading import load_model
     from anchor_flow.tl_adapter import adapt, tl_version
 
-    model = load_model(args.model, tl_class=args.tl_class, device=args.device)
+    dtype = None if args.dtype is None else getattr(torch, args.dtype)
+    model = load_model(args.model, tl_class=args.tl_class, device=args.device, dtype=dtype)
     adapter = adapt(model)
     settings = {
         "model_source": args.model,
@@ -198,7 +205,7 @@ def write_results(
     re-render ``report.html`` from everything in ``out``."""
     from dataclasses import replace
 
-    from anchor_flow.report import render_results_folder
+    from anchor_flow.report_folder import render_results_folder
 
     pooled = replace(pooled, settings={**pooled.settings, **settings})
     out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ def run_saliency_command(args: argparse.Namespace) -> None:
     from anchor_flow.flows import InformationFlow
     from anchor_flow.loading import load_model
     from anchor_flow.prompts import load_prompts
-    from anchor_flow.report import render_results_folder
+    from anchor_flow.report_folder import render_results_folder
     from anchor_flow.saliency import run_saliency
     from anchor_flow.tl_adapter import adapt, tl_version
 
@@ -146,6 +146,6 @@ def run_data_command(args: argparse.Namespace) -> None:
 
 
 def run_report_command(args: argparse.Namespace) -> None:
-    from anchor_flow.report import render_results_folder
+    from anchor_flow.report_folder import render_results_folder
 
     say(f"anchor-flow: wrote {render_results_folder(args.directory)}")

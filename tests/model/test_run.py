@@ -1,0 +1,293 @@
+"""The main job (``anchor-flow run`` / ``run_experiments``): results folder, resume, bad input.
+
+One small end-to-end run on the demo model (module fixture) is checked file by file against
+the documented layout: ``results.json`` against the JSON Schema shipped with the package,
+each CSV against the columns of its table, each raw folder by loading it with its result
+class, the report by its figure count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import pandas as pd
+import pytest
+
+import anchor_flow.pipeline_steps as steps
+from anchor_flow import EXPERIMENTS, RunConfig, load_model, load_run, run_experiments
+from anchor_flow.cli import main
+from anchor_flow.errors import AnchorFlowError, ResultsError
+
+SMALL = ["--seeds", "42", "--n-examples", "10", "--top-trials", "2", "--epochs", "1", "--quiet"]
+
+# The columns each table must have: what a reader of the CSV relies on (README "Results").
+CSV_COLUMNS = {
+    "flows.csv": {"layer", "flow", "mean", "ci_low", "ci_high", "normalised", "n_prompts"},
+    "isolation.csv": {"control", "position", "n_layers", "metric", "mean", "ci_low", "ci_high"},
+    "deep.csv": {"layer", "auc_roc", "ci_low", "ci_high", "r"},
+    "reweighting.csv": {"condition", "metric", "mean", "ci_low", "ci_high"},
+    "compression.csv": {"method", "metric", "mean", "ci_low", "ci_high"},
+    "compression_trials.csv": {"run", "trial", "label_loyalty", "word_loyalty", "accuracy"},
+    "diagnosis.csv": {"run", "class_a", "class_b", "predicted", "real"},
+}
+
+
+def _schema() -> dict:
+    text = resources.files("anchor_flow").joinpath("data/results.schema.json").read_text()
+    return json.loads(text)
+
+
+def _load_raw(folder: Path) -> None:
+    from anchor_flow import (
+        CompressionResult,
+        DeepResult,
+        DiagnosisResult,
+        IsolationResult,
+        ReweightingResult,
+        SaliencyResult,
+    )
+
+    loaders = {
+        "isolation": IsolationResult.load, "deep": DeepResult.load,
+        "reweighting": ReweightingResult.load, "compression": CompressionResult.load,
+        "diagnosis": DiagnosisResult.load,
+    }  # fmt: skip
+    if folder.name == "saliency":
+        runs = sorted(p.parent for p in folder.rglob("saliency_meta.json"))
+        assert runs, "saliency/ holds no saved run"
+        for run in runs:
+            assert SaliencyResult.load(run).n_prompts > 0
+    else:
+        loaders[folder.name](folder)
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "demo"
+    assert main(["run", "--out", str(out), *SMALL]) == 0
+    return out
+
+
+def test_every_file_matches_the_documented_layout(run_folder: Path) -> None:
+    record = json.loads((run_folder / "results.json").read_text())
+    jsonschema.validate(record, _schema())
+    assert list(record["experiments"]) == list(EXPERIMENTS)
+    listed = {"results.json", "report.html"}
+    for name, entry in record["experiments"].items():
+        assert entry["status"] == "complete", name
+        listed.update(f.rstrip("/") for f in entry["files"])
+    assert {p.name for p in run_folder.iterdir()} == listed  # nothing unlisted, no .tmp left
+    for path in sorted(run_folder.iterdir()):
+        if path.suffix == ".csv":
+            frame = pd.read_csv(path)
+            assert len(frame) > 0, path.name
+            assert CSV_COLUMNS[path.name] <= set(frame.columns), path.name
+        elif path.is_dir():
+            _load_raw(path)
+        elif path.name.endswith(".json") and path.name != "results.json":
+            summary = json.loads(path.read_text())
+            stem = path.stem
+            assert summary == record["experiments"][stem]["summary"], stem
+    settings = record["settings"]
+    assert (settings["seeds"], settings["n_examples"], settings["task"]) == ([42], 10, "demo-k3")
+    assert record["model"]["source"] == "demo"
+    assert record["versions"]["anchor_flow"]
+    assert record["timings"]["total_seconds"] > 0
+
+
+def test_report_has_one_figure_per_section_and_the_run_table(run_folder: Path) -> None:
+    page = (run_folder / "report.html").read_text()
+    n_figures = int(page.split('name="anchor-flow-figures" content="')[1].split('"')[0])
+    assert page.count('class="plotly-graph-div"') == n_figures >= 10
+    assert "This run" in page
+    assert page.count("<table") >= 6
+    assert 'id="js-errors"' in page
+
+
+def test_values_are_plausible(run_folder: Path) -> None:
+    record = load_run(run_folder)
+    compression = pd.read_csv(run_folder / "compression.csv")
+    icl = compression[(compression.method == "icl") & (compression.metric == "label_loyalty")]
+    assert icl["mean"].tolist() == [1.0]  # ICL is loyal to itself: the reference is right
+    flows = pd.read_csv(run_folder / "flows.csv")
+    sums = flows.groupby("layer")["normalised"].sum()
+    assert sums.between(0.999, 1.001).all()
+    assert record["experiments"]["deep"]["summary"]["runs"] == ["seed-42"]
+
+
+def test_rerun_skips_complete_experiments(run_folder: Path, capsys) -> None:
+    before = {p.name: p.stat().st_mtime_ns for p in run_folder.iterdir() if p.is_file()}
+    assert main(["run", "--out", str(run_folder), *SMALL]) == 0
+    out = capsys.readouterr().out
+    assert out.count("skipped") == len(EXPERIMENTS)
+    after = {p.name: p.stat().st_mtime_ns for p in run_folder.iterdir() if p.is_file()}
+    assert {k: v for k, v in after.items() if k != "results.json"} == {
+        k: v for k, v in before.items() if k != "results.json"
+    }
+
+
+def test_interrupted_run_resumes_and_never_trusts_partial_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = load_model("demo")
+    config = RunConfig(seeds=(42,), n_examples=12, experiments=("isolation", "deep", "diagnosis"))
+
+    def interrupted(run: steps.RunContext) -> dict:
+        (run.out / "deep").mkdir()
+        (run.out / "deep" / "deep_meta.json").write_text("{half")  # a crash mid-write
+        (run.out / "deep.json").write_text("{")
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(steps.STEPS, "deep", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiments(model, tmp_path, config, progress=False)
+    record = load_run(tmp_path)
+    assert record["experiments"]["isolation"]["status"] == "complete"
+    assert record["experiments"]["deep"]["status"] == "failed"
+    assert "diagnosis" not in record["experiments"]
+    jsonschema.validate(record, _schema())
+    isolation_mtime = (tmp_path / "isolation.csv").stat().st_mtime_ns
+    # The report of the interrupted run shows only what is complete.
+    assert "Deep layers" not in (tmp_path / "report.html").read_text()
+
+    monkeypatch.undo()
+    events: list[str] = []
+    record = run_experiments(model, tmp_path, config, progress=False, on_event=events.append)
+    assert events[0] == f"isolation: complete in {tmp_path}, skipped"
+    assert (tmp_path / "isolation.csv").stat().st_mtime_ns == isolation_mtime
+    assert all(e["status"] == "complete" for e in record["experiments"].values())
+    assert json.loads((tmp_path / "deep.json").read_text())["runs"] == ["seed-42"]
+    from anchor_flow import DeepResult
+
+    assert DeepResult.load(tmp_path / "deep").n_layers == 6
+    assert "Deep layers" in (tmp_path / "report.html").read_text()
+
+
+def test_other_settings_in_the_same_folder_are_refused_unless_restart(tmp_path: Path) -> None:
+    model = load_model("demo")
+    config = RunConfig(seeds=(42,), n_examples=6, experiments=("deep",))
+    run_experiments(model, tmp_path, config, progress=False)
+    other = RunConfig(seeds=(43,), n_examples=6, experiments=("deep",))
+    with pytest.raises(ResultsError, match=r"other settings \(settings.seeds: \[42\] -> \[43\]"):
+        run_experiments(model, tmp_path, other, progress=False)
+    record = run_experiments(model, tmp_path, other, restart=True, progress=False)
+    assert record["settings"]["seeds"] == [43]
+    assert json.loads((tmp_path / "deep.json").read_text())["runs"] == ["seed-43"]
+
+
+def test_a_deleted_output_file_makes_the_experiment_rerun(tmp_path: Path) -> None:
+    model = load_model("demo")
+    config = RunConfig(seeds=(42,), n_examples=6, experiments=("deep",))
+    run_experiments(model, tmp_path, config, progress=False)
+    os.remove(tmp_path / "deep.csv")
+    events: list[str] = []
+    run_experiments(model, tmp_path, config, progress=False, on_event=events.append)
+    assert events[0] == "deep: running"
+    assert (tmp_path / "deep.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--experiments", "saliency,attention"], "expected a comma-separated subset"),
+        (["run", "--task", "no-such-task"], "no-such-task"),
+        (["run", "--model", "no-such-model-xyz"], "no-such-model-xyz"),
+        (["run", "--n-examples", "0"], "--n-examples=0; expected a positive integer"),
+        (["run", "--seeds", "4x"], "not a comma-separated list of integers"),
+        (["run", "--top-trials", "0"], "--top-trials=0; expected a positive integer"),
+    ],
+)
+def test_bad_arguments_give_one_line_errors(
+    argv: list[str], message: str, tmp_path: Path, capsys
+) -> None:
+    try:
+        code = main([*argv, "--out", str(tmp_path / "out"), "--quiet"])
+    except SystemExit as exit_:  # argparse's own errors
+        code = int(exit_.code or 0)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_run_config_validates_its_input() -> None:
+    with pytest.raises(AnchorFlowError, match="experiments=\\['deep', 'deep'\\]; expected"):
+        RunConfig(experiments=("deep", "deep"))
+    with pytest.raises(AnchorFlowError, match="top_trials=0; expected a positive integer"):
+        RunConfig(top_trials=0)
+    with pytest.raises(AnchorFlowError, match="compression_methods=\\['zip'\\]"):
+        RunConfig(compression_methods=("zip",))
+
+
+def test_load_run_refuses_other_files(tmp_path: Path) -> None:
+    with pytest.raises(ResultsError, match=r"cannot read .*results\.json"):
+        load_run(tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps({"schema": "other/1"}))
+    with pytest.raises(ResultsError, match=r"schema 'other/1'; expected 'anchor_flow\.run/1'"):
+        load_run(tmp_path)
+
+
+# --- the browser check: report.html opened in headless Chromium -----------------------------
+
+_BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
+
+
+def _chromium() -> str:
+    for name in _BROWSERS:
+        if path := shutil.which(name):
+            return path
+    pytest.skip(
+        "browser check of report.html SKIPPED: no Chromium found (tried "
+        f"{', '.join(_BROWSERS)}); install Debian's `chromium` to run it"
+    )
+
+
+def _rendered(page: Path, profile: Path) -> tuple[int, int, str]:
+    """(declared figures, figures plotly drew, recorded JavaScript errors) after loading."""
+    import re
+    import subprocess
+
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+             "--virtual-time-budget=20000", "--dump-dom"]  # fmt: skip
+    done = subprocess.run(
+        [_chromium(), *flags, page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    dom = done.stdout
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "</html>" in dom
+    declared = int(re.search(r'name="anchor-flow-figures" content="(\d+)"', dom).group(1))
+    errors = re.search(r'<pre id="js-errors">(.*?)</pre>', dom, re.S).group(1).strip()
+    drawn = 0
+    for chunk in dom.split('id="figure-')[1:]:
+        head, _, body = chunk.partition(">")
+        # Plotly marks a div it plotted with "js-plotly-plot" and draws an SVG into it.
+        drawn += "js-plotly-plot" in head and 'class="main-svg"' in body.split('id="figure-')[0]
+    return declared, drawn, errors
+
+
+def test_report_renders_every_figure_in_a_browser(run_folder: Path, tmp_path: Path) -> None:
+    declared, drawn, errors = _rendered(run_folder / "report.html", tmp_path / "profile")
+    assert errors == ""
+    assert declared == drawn >= 10
+
+
+def test_browser_check_detects_script_errors_and_missing_figures(
+    run_folder: Path, tmp_path: Path
+) -> None:
+    page = (run_folder / "report.html").read_text()
+    first = page.index("Plotly.newPlot(")
+    broken = page[:first] + "Plotly.doesNotExist(" + page[first + len("Plotly.newPlot(") :]
+    (tmp_path / "broken.html").write_text(broken)
+    declared, drawn, errors = _rendered(tmp_path / "broken.html", tmp_path / "profile")
+    assert "doesNotExist" in errors
+    assert drawn == declared - 1
