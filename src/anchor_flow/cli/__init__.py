@@ -33,7 +33,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from anchor_flow.cli import applications, compression, core, experiments, run
 from anchor_flow.cli.common import check_counts, model_options, task_options
@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="anchor-flow",
         description="Information-flow analysis of in-context learning (Wang et al., EMNLP 2023).",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands: Any = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     model, task = model_options(), task_options()
 
     saliency = commands.add_parser(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -91,41 +89,18 @@ def positive(name: str, value: int) -> None:
         raise AnchorFlowError(f"{name}={value}; expected a positive integer")
 
 
-def write_json(path: Path, data: object) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
 def prompt_sets(
     args: argparse.Namespace, scheme: Scheme, tokenizer: Any, max_length: int | None
 ) -> tuple[dict[str, list[Any]], Policy, dict[str, Any]]:
     """Prompts per seed (key ``"seed-42"``), the label-token policy and the run's settings."""
     from anchor_flow.data import load_task_data
-    from anchor_flow.sampling import fit_to_context, task_prompts
+    from anchor_flow.pipeline_steps import experiment_prompts
     from anchor_flow.tasks import get_task
 
     task = get_task(args.task)
     policy = args.label_token_policy or task.label_token_policy
     data = load_task_data(task, data_dir=args.data_dir)
-    sets, skipped = {}, {}
-    for seed in args.seeds:
-        prompts = task_prompts(
-            task,
-            data.train,
-            data.test,
-            seed=seed,
-            n_examples=args.n_examples,
-            shots_per_class=args.shots_per_class,
-            scheme=scheme,
-            fix_class_order=args.fix_class_order,
-        )
-        if tokenizer is not None and max_length is not None:
-            prompts, skipped[seed] = fit_to_context(
-                prompts, tokenizer, max_length, on_overflow=args.on_overflow,
-                label_token_policy=policy,
-            )  # fmt: skip
-        sets[f"seed-{seed}"] = prompts
+    sets, skipped = experiment_prompts(task, data, args, scheme, tokenizer, max_length, policy)
     settings = {
         "task": task.name,
         "data": data.source,
@@ -144,13 +119,6 @@ def check_counts(args: argparse.Namespace) -> None:
     for option in ("batch_size", "n_examples", "shots_per_class", "top_k"):
         if getattr(args, option, None) is not None:
             positive("--" + option.replace("_", "-"), getattr(args, option))
-
-
-def write_frame(path: Path, frame: Any) -> None:
-    """A pandas frame as CSV, atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
 
 
 def choices(allowed: tuple[str, ...]) -> Any:
@@ -203,15 +171,9 @@ def write_results(
 ) -> None:
     """Save a pooled result with the run's settings, its CSVs and ``<stem>.json``, then
     re-render ``report.html`` from everything in ``out``."""
-    from dataclasses import replace
-
+    from anchor_flow.pipeline_steps import save_pooled
     from anchor_flow.report_folder import render_results_folder
 
-    pooled = replace(pooled, settings={**pooled.settings, **settings})
-    out.mkdir(parents=True, exist_ok=True)
-    pooled.save(out / stem)
-    for name, frame in frames.items():
-        write_frame(out / name, frame)
-    write_json(out / f"{stem}.json", pooled.summary())
+    save_pooled(out, stem, pooled, settings, frames)
     render_results_folder(out)
     say(f"anchor-flow: wrote {out / (stem + '.json')} and {out / 'report.html'}")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-from anchor_flow.cli.common import Policy, prompt_sets, say, write_json
+from anchor_flow.cli.common import Policy, prompt_sets, say
+from anchor_flow.pipeline_steps import write_frame, write_json
 
 log = logging.getLogger("anchor_flow")
 
@@ -64,9 +64,7 @@ def run_saliency_command(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, result in results.items():
         result.save(out / "saliency" / name)
-    tmp_csv = out / "flows.csv.tmp"
-    flow.to_frame().to_csv(tmp_csv, index=False)
-    os.replace(tmp_csv, out / "flows.csv")
+    write_frame(out / "flows.csv", flow.to_frame())
     summary = flow.summary()
     summary["accuracy"] = {
         name: r.accuracy() if bool((r.gold >= 0).any()) else None for name, r in results.items()
@@ -118,12 +116,9 @@ def run_evaluate_command(args: argparse.Namespace) -> None:
         "accuracy_mean": float(accuracies.mean()),
         "accuracy_ci95": [float(low[0]), float(high[0])],
     }
-    lines = ["run,n_examples,accuracy"] + [
-        f"{row['run']},{row['n_examples']},{row['accuracy']}" for row in per_seed
-    ]
-    tmp_csv = out / "icl.csv.tmp"
-    tmp_csv.write_text("\n".join(lines) + "\n")
-    os.replace(tmp_csv, out / "icl.csv")
+    import pandas as pd
+
+    write_frame(out / "icl.csv", pd.DataFrame(per_seed, columns=["run", "n_examples", "accuracy"]))
     write_json(out / "icl.json", summary)
     say(f"anchor-flow: accuracy {summary['accuracy_mean']:.4f}; wrote {out / 'icl.json'}")
 
