@@ -64,3 +64,29 @@ def test_gpt2_unprocessed_and_sensible(gpt2: Any) -> None:
         all_logits = adapter.forward_logits(text)
     loss = torch.nn.functional.cross_entropy(all_logits[0, :-1], text[0, 1:])
     assert loss < 5.0
+
+
+def _sst2_cached() -> bool:
+    from anchor_flow.data import load_task_data
+    from anchor_flow.errors import AnchorFlowError
+
+    try:
+        load_task_data("sst2")
+    except AnchorFlowError:
+        return False
+    return True
+
+
+def test_main_job_on_gpt2_and_sst2(gpt2: Any, tmp_path) -> None:
+    """The paper's protocol end to end on a real checkpoint and the real SST-2 (when cached)."""
+    if not _sst2_cached():
+        pytest.skip("SST-2 is not in the local datasets cache (offline run)")
+    from anchor_flow import RunConfig, run_experiments
+
+    config = RunConfig(task="sst2", seeds=(42,), n_examples=16, top_trials=2,
+                       reweighting_epochs=1)  # fmt: skip
+    record = run_experiments(gpt2, tmp_path, config, progress=False)
+    assert all(e["status"] == "complete" for e in record["experiments"].values())
+    accuracy = record["experiments"]["saliency"]["summary"]["accuracy"]["seed-42"]
+    assert 0.0 <= accuracy <= 1.0
+    assert (tmp_path / "report.html").stat().st_size > 1_000_000  # plotly.js inline
