@@ -36,7 +36,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from anchor_flow.errors import AnchorFlowError
-from anchor_flow.evaluation import prompt_batch, run_icl
+from anchor_flow.evaluation import BatchHooks, prompt_batch, run_icl
 from anchor_flow.prompts import ICLPrompt
 from anchor_flow.result_files import load_arrays, save_arrays
 from anchor_flow.roles import PromptBatch, Role
@@ -279,6 +279,7 @@ def run_deep(
     label_token_policy: Literal["single", "first", "all"] = "single",
     prepend_bos: bool | None = None,
     extra_hooks: Sequence[tuple[Any, Callable[..., Any]]] = (),
+    batch_hooks: BatchHooks | None = None,
     progress: bool = True,
 ) -> DeepResult:
     """Per-layer target -> label-word attention and the model's predictions (paper §2.3).
@@ -297,6 +298,8 @@ def run_deep(
         label_token_policy: multi-token label words (see ``tokenize_prompts``).
         prepend_bos: force a BOS token on or off (default: what the tokenizer does).
         extra_hooks: your own forward hooks, active during the pass.
+        batch_hooks: your own per-batch hooks (``run_icl``'s ``f(rows, batch) -> hooks``),
+            run before the recorders, so the recorded attention is the intervened one.
         progress: show a progress bar over batches.
     """
     adapter = adapt(model)
@@ -308,7 +311,8 @@ def run_deep(
     )
 
     def recorders(rows: Tensor, part: PromptBatch) -> Any:
-        return target_attention_hooks(model, part, rows, scores)
+        mine = batch_hooks(rows, part) if batch_hooks is not None else ()
+        return [*mine, *target_attention_hooks(model, part, rows, scores)]
 
     icl = run_icl(model, batch, batch_size=batch_size, extra_hooks=extra_hooks,
                   batch_hooks=recorders, progress=progress)  # fmt: skip

@@ -50,7 +50,7 @@ from anchor_flow.diagnosis_math import (
     real_confusion,
     repeat_kv_heads,
 )
-from anchor_flow.evaluation import prompt_batch, run_icl
+from anchor_flow.evaluation import BatchHooks, prompt_batch, run_icl
 from anchor_flow.prompts import ICLPrompt
 from anchor_flow.result_files import load_arrays, save_arrays
 from anchor_flow.roles import PromptBatch, Role
@@ -295,6 +295,7 @@ def run_diagnosis(
     label_token_policy: Literal["single", "first", "all"] = "single",
     prepend_bos: bool | None = None,
     extra_hooks: Sequence[tuple[Any, Callable[..., Any]]] = (),
+    batch_hooks: BatchHooks | None = None,
     progress: bool = True,
 ) -> DiagnosisResult:
     """Record the target's queries and the anchors' keys, and the label probabilities.
@@ -313,8 +314,9 @@ def run_diagnosis(
         n_components: the PCA's ``M`` (paper: 10).
         layers: the layers to record (default: all, for the sensitivity over layers).
         class_names: names for plots (default: ``"class 0"``, ...).
-        batch_size, label_token_policy, prepend_bos, extra_hooks, progress: as for
-            :func:`anchor_flow.evaluation.run_icl`.
+        batch_size, label_token_policy, prepend_bos, extra_hooks, batch_hooks, progress: as
+            for :func:`anchor_flow.evaluation.run_icl` (your hooks run before the recorders,
+            so the recorded queries and keys are those of the intervened model).
         run_name: the run's name in pooled results (e.g. ``"seed-42"``).
 
     Raises:
@@ -374,7 +376,10 @@ def run_diagnosis(
         batch,
         batch_size=batch_size,
         extra_hooks=extra_hooks,
-        batch_hooks=recorders,
+        batch_hooks=lambda rows, part: [
+            *(batch_hooks(rows, part) if batch_hooks is not None else ()),
+            *recorders(rows, part),
+        ],
         progress=progress,
     )
     if bool(torch.isnan(queries).any()):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from anchor_flow.blocking import BlockingError, BlockMode, isolation_hooks, layer_set
 from anchor_flow.errors import AnchorFlowError
-from anchor_flow.evaluation import prompt_batch, run_icl
+from anchor_flow.evaluation import BatchHooks, prompt_batch, run_icl
 from anchor_flow.prompts import ICLPrompt
 from anchor_flow.result_files import load_arrays, save_arrays
 from anchor_flow.roles import PromptBatch
@@ -311,6 +311,8 @@ def run_isolation(
     batch_size: int = 8,
     label_token_policy: Literal["single", "first", "all"] = "single",
     prepend_bos: bool | None = None,
+    extra_hooks: Sequence[tuple[Any, Callable[..., Any]]] = (),
+    batch_hooks: BatchHooks | None = None,
     progress: bool = True,
 ) -> IsolationResult:
     """Label loyalty, word loyalty and accuracy under label-word (or random) isolation.
@@ -334,6 +336,9 @@ def run_isolation(
         batch_size: prompts per forward pass; results do not depend on it.
         label_token_policy: multi-token label words (see ``tokenize_prompts``).
         prepend_bos: force a BOS token on or off (default: what the tokenizer does).
+        extra_hooks: your own forward hooks, active in the baseline and every condition.
+        batch_hooks: your own per-batch hooks (``run_icl``'s ``f(rows, batch) -> hooks``),
+            active in the baseline and every condition, before the blocking hooks.
         progress: show a progress bar over conditions.
 
     Raises:
@@ -356,18 +361,24 @@ def run_isolation(
         layer_set(adapter.n_layers, cond.n_layers, cond.position)  # validates position
         if cond.control not in ("label", "random"):
             raise BlockingError(f"control={cond.control!r}; expected 'label' or 'random'")
-    baseline = run_icl(model, batch, batch_size=batch_size, top_k=top_k, progress=False)
+
+    # Your interventions run in the baseline and in every condition (before the blocking).
+    def mine(rows: Tensor, part: PromptBatch) -> list[Any]:
+        return list(batch_hooks(rows, part)) if batch_hooks is not None else []
+
+    baseline = run_icl(model, batch, batch_size=batch_size, top_k=top_k, progress=False,
+                       extra_hooks=extra_hooks, batch_hooks=batch_hooks)  # fmt: skip
     predictions, jaccard = [], []
     for cond in tqdm(conditions, desc="isolation", unit="condition", disable=not progress):
         layers = layer_set(adapter.n_layers, cond.n_layers, cond.position)
 
         def hooks(rows: Tensor, part: PromptBatch, layers: Any = layers, cond: Any = cond) -> Any:
-            return isolation_hooks(model, part, layers, control=cond.control, mode=mode,
-                                   seed=seed, prompt_ids=rows)  # fmt: skip
+            return [*mine(rows, part),
+                    *isolation_hooks(model, part, layers, control=cond.control, mode=mode,
+                                     seed=seed, prompt_ids=rows)]  # fmt: skip
 
-        blocked = run_icl(
-            model, batch, batch_size=batch_size, top_k=top_k, batch_hooks=hooks, progress=False
-        )
+        blocked = run_icl(model, batch, batch_size=batch_size, top_k=top_k, batch_hooks=hooks,
+                          extra_hooks=extra_hooks, progress=False)  # fmt: skip
         predictions.append(blocked.predictions)
         jaccard.append(word_loyalty(baseline.top_tokens, blocked.top_tokens))
     settings = {**baseline.settings, "experiment": "isolation", "mode": mode, "seed": seed,
