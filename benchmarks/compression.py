@@ -2,26 +2,33 @@
 
 GPT-2-shaped models built from a config (random weights: speed does not depend on them) run
 prompts with the paper's Table 3 lengths. Per (shape, task) it times, per query at batch 1
-under ``torch.no_grad`` with logits at every position (as the paper's script):
+under ``torch.no_grad`` with logits at every position (as the paper's script), with
+:func:`anchor_flow.compression_speed.measure_token_speedup`:
 
 * ``full``: the whole prompt (demonstrations + query);
 * ``compressed``: the query against the pre-computed anchor cache, the one-time cache build
   excluded (the paper's measurement);
 * ``amortised``: compressed plus the cache build spread over ``--amortise-over`` queries
   (default 1000, the paper's test subsample);
+* ``floor``: the query tokens alone, without any context: no cache implementation can beat
+  it on this hardware;
 
-and prints full / compressed next to the paper's GPT2-XL speed-up and the FLOP-ideal ratio
-(attention + MLP multiply-adds of the full prompt over those of the query with its cache).
+and prints full / compressed next to the paper's GPT2-XL speed-up, the FLOP-ideal ratio
+(:func:`anchor_flow.compression_speed.flop_ideal_ratio`: attention + MLP multiply-adds of the
+full prompt over those of the query with its cache), the floor ratio (full / floor) and the
+measured speed-up as a share of each (``/ideal``, ``/floor``).
 
 Lengths (Δ Table 3 gives no units): L_demo = tokens of all demonstration texts, L_x = tokens
 of the query text; each of the task's C demonstrations adds 8 formatting/label tokens
 (``Review:`` 2, ``\\nSentiment:`` 4, label 1, ``\\n`` 1: what Hidden_anchor keeps) and the
 query adds 6 (its ``Review:`` and ``\\nSentiment:``). Each shape runs in its own subprocess.
 
-At batch 1 a forward of a few dozen tokens is bound by reading the weights (CPU, and GPU
-too), which both runs pay once: the measured speed-up then stays below the FLOP-ideal
-ratio. ``--batch 16`` (batched queries, which compressed contexts support) shows the
-compute-bound regime where the measured speed-up approaches the ideal.
+At batch 1 a forward of a few dozen tokens is bound by per-layer overheads and by reading
+the weights (CPU, and GPU too), which both runs pay once: the measured speed-up then stays
+near the floor ratio, below the FLOP-ideal one. ``--batch 16`` (batched queries, which
+compressed contexts support) shows the compute-bound regime where it approaches the ideal.
+``--profile TASK`` adds a torch.profiler and a cProfile summary of one compressed query and
+one full forward of that task.
 
     python benchmarks/compression.py                          # small + medium on CPU
     python benchmarks/compression.py --device cuda --shapes xl   # the paper's GPT2-XL shape
@@ -32,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -56,26 +62,10 @@ def lengths(task: str) -> tuple[int, int, int]:
     return demo + kept + query + QUERY_FORMAT, kept, query + QUERY_FORMAT
 
 
-def ideal_ratio(shape: str, task: str) -> float:
-    """Attention + MLP multiply-adds of the full prompt over the query's with its cache."""
-    _, d_model, _ = SHAPES[shape]
-    full, kept, query = lengths(task)
-
-    def cost(new: int, past: int) -> float:
-        linear = 12 * d_model * d_model * new  # QKV + output projection (4 d^2) + MLP (8 d^2)
-        attention = 2 * d_model * sum(past + i + 1 for i in range(new))  # scores + mixing
-        return linear + attention
-
-    return cost(full, 0) / cost(query, kept)
-
-
-def measure(
-    shape: str, device: str, tl_class: str, repeats: int, warmup: int, batch: int
-) -> list[dict]:
+def build(shape: str, device: str, tl_class: str):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from anchor_flow.compression import compress_context, compressed_logits
     from anchor_flow.loading import from_hf_model
     from anchor_flow.tl_adapter import adapt
 
@@ -85,44 +75,105 @@ def measure(
                         n_positions=1024, attn_implementation="eager")  # fmt: skip
     with torch.device(device):
         hf = GPT2LMHeadModel(config).eval()
-    model = from_hf_model(hf, None, tl_class=tl_class)
-    adapter = adapt(model.to(device))
+    return adapt(from_hf_model(hf, None, tl_class=tl_class).to(device))
 
-    def sync() -> None:
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
 
-    def timed(fn) -> float:
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(repeats):
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+def task_tokens(task: str, batch: int, generator):
+    """(context tokens, kept positions, queries [batch, L_q]) of a task, random ids."""
+    import torch
 
-    rows = []
+    full_len, kept_len, query_len = lengths(task)
+    tokens = torch.randint(0, 50257, (full_len,), generator=generator)
+    context_len = full_len - query_len
+    kept = torch.linspace(0, context_len - 1, kept_len).round().long().unique()
+    return tokens[:context_len], kept, tokens[context_len:].expand(batch, -1).contiguous()
+
+
+def measure(
+    adapter, shape: str, device: str, repeats: int, warmup: int, batch: int, amortise_over: int
+) -> list[dict]:
+    import torch
+
+    from anchor_flow.compression_speed import SpeedupResult, measure_token_speedup
+
     generator = torch.Generator().manual_seed(0)
-    for task in TASKS:
-        full_len, kept_len, query_len = lengths(task)
-        tokens = torch.randint(0, 50257, (1, full_len), generator=generator).to(device)
-        tokens = tokens.expand(batch, -1).contiguous()
-        context_len = full_len - query_len
-        kept = torch.linspace(0, context_len - 1, kept_len).round().long().unique()
-        query = tokens[:, context_len:]
-        prefix = tokens[0, :context_len]
-        with torch.no_grad():
-            t_full = timed(lambda t=tokens: adapter.forward_logits(t))
-            t_build = timed(lambda p=prefix, k=kept: compress_context(adapter, p, k))
-            context = compress_context(adapter, prefix, kept)
-            t_comp = timed(lambda c=context, q=query: compressed_logits(adapter, c, q))
-        rows.append({"shape": shape, "task": task, "full_ms": 1e3 * t_full,
-                     "compressed_ms": 1e3 * t_comp, "build_ms": 1e3 * t_build,
-                     "device": device, "tl_class": adapter.kind})  # fmt: skip
-    return rows
+    results = []
+    for task, (_, _, classes, _) in TASKS.items():
+        context, kept, queries = task_tokens(task, batch, generator)
+        results.append(measure_token_speedup(
+            adapter, context, kept, queries, name=task, n_demonstrations=classes,
+            batch_size=batch, repeats=repeats, warmup=warmup, amortise_over=amortise_over,
+        ))  # fmt: skip
+    rows = SpeedupResult.concat(results).summary()["rows"]
+    return [{**row, "shape": shape, "device": device, "tl_class": adapter.kind} for row in rows]
+
+
+def profile(adapter, shape: str, device: str, task: str) -> None:
+    """torch.profiler and cProfile summaries of one compressed query vs one full forward."""
+    import cProfile
+    import io
+    import pstats
+
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from anchor_flow.compression import compress_context, compressed_logits
+
+    context, kept, queries = task_tokens(task, 1, torch.Generator().manual_seed(0))
+    context, queries = context.to(device), queries.to(device)
+    full = torch.cat([context[None], queries], dim=1)
+    activities = [ProfilerActivity.CPU]
+    if device.startswith("cuda"):
+        activities.append(ProfilerActivity.CUDA)
+    with torch.no_grad():
+        # A silently empty cache (transformers >= 5.24 with TL 4.3) would be fast and wrong.
+        every = compress_context(adapter, context, torch.arange(len(context)))
+        delta = (
+            compressed_logits(adapter, every, queries)
+            - adapter.forward_logits(full)[:, len(context) :]
+        )
+        print(f"== check: keep-all compressed vs full query logits, max |diff| = "
+              f"{delta.abs().max().item():.2e} (float rounding expected; a large value means "
+              "the cache was ignored)")  # fmt: skip
+
+        def empty_hook_block() -> None:
+            with adapter.hooks():
+                pass
+
+        overheads = {"adapter.device": lambda: adapter.device,
+                     "empty adapter.hooks() block": empty_hook_block}  # fmt: skip
+        for name, call in overheads.items():
+            start = time.perf_counter()
+            for _ in range(5):
+                call()
+            print(f"== Python overhead: {name}: {(time.perf_counter() - start) / 5 * 1e3:.2f} "
+                  "ms per call")  # fmt: skip
+        cache = compress_context(adapter, context, kept)
+        runs = {"full forward": lambda: adapter.forward_logits(full),
+                "compressed query": lambda: compressed_logits(adapter, cache, queries)}  # fmt: skip
+        for _ in range(3):
+            for run in runs.values():
+                run()
+        sort = "device_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+        for name, run in runs.items():
+            with torch_profile(activities=activities) as prof:
+                run()
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+            print(f"== torch.profiler: {shape} {task} batch 1, one {name}")
+            try:
+                print(prof.key_averages().table(sort_by=sort, row_limit=20))
+            except (KeyError, AttributeError, ValueError):  # older torch: cuda_time_total
+                print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20))
+            python = cProfile.Profile()
+            python.enable()
+            run()
+            python.disable()
+            text = io.StringIO()
+            pstats.Stats(python, stream=text).sort_stats("cumulative").print_stats(25)
+            print(f"== cProfile (Python time): {shape} {task} batch 1, one {name}")
+            print(text.getvalue())
 
 
 def main() -> None:
@@ -135,6 +186,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="queries per forward (paper: 1)")
     parser.add_argument("--amortise-over", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (CPU only)")
+    parser.add_argument(
+        "--profile", default=None, choices=list(TASKS),
+        help="also profile one batch-1 compressed query and one full forward of this task",
+    )  # fmt: skip
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -147,7 +202,11 @@ def main() -> None:
             from anchor_flow.tl_adapter import hooked_transformer_class
 
             tl_class = "hooked" if hooked_transformer_class() is not None else "bridge"
-        rows = measure(args.child, args.device, tl_class, args.repeats, args.warmup, args.batch)
+        adapter = build(args.child, args.device, tl_class)
+        if args.profile:
+            profile(adapter, args.child, args.device, args.profile)
+        rows = measure(adapter, args.child, args.device, args.repeats, args.warmup, args.batch,
+                       args.amortise_over)  # fmt: skip
         print(json.dumps(rows))
         return
     cuda = args.device.startswith("cuda")
@@ -158,27 +217,31 @@ def main() -> None:
         command = [sys.executable, __file__, "--child", shape, "--device", args.device,
                    "--tl-class", args.tl_class, "--repeats", str(repeats),
                    "--warmup", str(args.warmup), "--threads", str(args.threads),
-                   "--batch", str(args.batch)]  # fmt: skip
+                   "--batch", str(args.batch), "--amortise-over", str(args.amortise_over),
+                   *(["--profile", args.profile] if args.profile else [])]  # fmt: skip
         out = subprocess.run(command, capture_output=True, text=True, check=False)
         if out.returncode != 0:
             sys.exit(f"{shape}: measurement failed\n{out.stderr[-3000:]}")
-        rows += json.loads(out.stdout.strip().splitlines()[-1])
+        *profiles, last = out.stdout.strip().splitlines()
+        if args.profile:
+            print("\n".join(profiles))
+        rows += json.loads(last)
     print(f"device={args.device} tl_class={rows[0]['tl_class']} repeats={repeats} "
           f"(median per forward, batch {args.batch}); "
           f"amortised over {args.amortise_over} queries")  # fmt: skip
     header = (f"{'shape':7} {'task':7} {'L_full':>6} {'kept':>4} {'L_q':>4} {'full ms':>8} "
-              f"{'comp ms':>8} {'build ms':>8} {'speed-up':>8} {'amort.':>7} {'ideal':>6} "
-              f"{'paper XL':>8} {'/ideal':>6}")  # fmt: skip
+              f"{'comp ms':>8} {'build ms':>8} {'floor ms':>8} {'speed-up':>8} {'amort.':>7} "
+              f"{'ideal':>6} {'floor':>6} {'paper XL':>8} {'/ideal':>6} {'/floor':>6}")  # fmt: skip
     print(header)
     for r in rows:
-        full_len, kept, query = lengths(r["task"])
-        speed = r["full_ms"] / r["compressed_ms"]
-        amort = r["full_ms"] / (r["compressed_ms"] + r["build_ms"] / args.amortise_over)
-        ideal = ideal_ratio(r["shape"], r["task"])
-        print(f"{r['shape']:7} {r['task']:7} {full_len:6d} {kept:4d} {query:4d} "
-              f"{r['full_ms']:8.2f} {r['compressed_ms']:8.2f} {r['build_ms']:8.2f} "
-              f"{speed:7.2f}x {amort:6.2f}x {ideal:5.2f}x {TASKS[r['task']][3]:7.1f}x "
-              f"{speed / ideal:6.2f}")  # fmt: skip
+        full_len, kept, query = lengths(r["group"])
+        per_forward = {k: r[k] * args.batch for k in ("full_ms", "compressed_ms", "floor_ms")}
+        print(f"{r['shape']:7} {r['group']:7} {full_len:6d} {kept:4d} {query:4d} "
+              f"{per_forward['full_ms']:8.2f} {per_forward['compressed_ms']:8.2f} "
+              f"{r['build_ms']:8.2f} {per_forward['floor_ms']:8.2f} {r['speedup']:7.2f}x "
+              f"{r['amortised_speedup']:6.2f}x {r['flop_ideal']:5.2f}x "
+              f"{r['floor_ratio']:5.2f}x {TASKS[r['group']][3]:7.1f}x {r['of_ideal']:6.2f} "
+              f"{r['of_floor']:6.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -25,152 +25,80 @@ The cached keys always keep the position information of their original positions
 attention sink; it changes nothing for tokenizers without one. Pass ``keep_bos=False`` for
 the literal official set.
 
-Baselines, the Table-2 metrics and the result object are in
-:mod:`anchor_flow.compression_baselines`. Not here: plotting, timing (``benchmarks/``).
+Engines of :func:`run_compressed_icl` (``engine=``), equal in result (the oracle test):
+
+* ``"cache"``: one context run per **distinct** context, pruned, then batched queries
+  against it. Cheap when queries share a context (scheme "fixed"); per-prompt contexts cost
+  two batch-1 forwards per prompt.
+* ``"mask"``: the full prompts, batched, their query rows blocked from every dropped context
+  key in every layer and renormalised at ``hook_pattern`` (:func:`compression_mask`): what
+  the cache computes under ``position_policy="original"`` (that policy only; live hooks
+  needed). ``extra_hooks`` then see the whole prompt's forward.
+* ``"auto"`` (default): ``"mask"`` for contexts no other prompt shares, if the policy is
+  ``"original"``, no ``extra_hooks`` are given and the hooks are live; else ``"cache"``.
+
+Hidden_random-top's trials (:func:`run_compressed_icl_trials`) share the trial-independent work
+(tokenising, grouping, each shared context's forward, the engine choice). The mask engine
+still re-runs each trial's full prompts: their context rows do not depend on the trial, but
+a plain forward cannot skip them.
+
+The kept positions are pure logic in :mod:`anchor_flow.compression_positions` (re-exported
+here). Baselines, the Table-2 metrics and the result object are in
+:mod:`anchor_flow.compression_baselines`; timing (Table 3) in
+:mod:`anchor_flow.compression_speed`. Not here: plotting.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from anchor_flow.errors import AnchorFlowError
+from anchor_flow.blocking import block_edges_hooks
+from anchor_flow.compression_positions import (
+    CompressionError,
+    anchor_positions,
+    compression_mask,
+    context_end,
+    context_groups,
+    query_batch,
+    random_anchor_positions,
+)
+from anchor_flow.errors import DeadAttentionHooksError
 from anchor_flow.evaluation import ICLResult, prompt_batch
 from anchor_flow.prompts import ICLPrompt
-from anchor_flow.roles import PromptBatch, Role
-from anchor_flow.tl_adapter import adapt, frozen
+from anchor_flow.roles import PromptBatch
+from anchor_flow.tl_adapter import ModelAdapter, adapt, check_attention_hooks_live, frozen
 
 __all__ = [
+    "ENGINES",
     "POSITION_POLICIES",
     "CompressedContext",
     "CompressionError",
+    "Engine",
     "PositionPolicy",
     "anchor_positions",
     "compress_context",
     "compressed_logits",
+    "compression_mask",
     "context_end",
     "query_batch",
     "random_anchor_positions",
     "run_compressed_icl",
+    "run_compressed_icl_trials",
 ]
 
 PositionPolicy = Literal["original", "compact", "restart"]
 POSITION_POLICIES: tuple[str, ...] = ("original", "compact", "restart")
-_KEPT_ROLES = (Role.FORMAT, Role.LABEL, Role.LABEL_REST)
-_LABEL_ROLES = (Role.LABEL, Role.LABEL_REST)
-
-
-class CompressionError(AnchorFlowError):
-    """Bad input to context compression (no label words, empty keep set, too-long query...)."""
-
-
-def _check_row(batch: PromptBatch, row: int) -> int:
-    if not 0 <= row < len(batch):
-        raise CompressionError(f"row {row} out of range for a batch of {len(batch)} prompts")
-    return row
-
-
-def context_end(batch: PromptBatch, row: int = 0) -> int:
-    """First position of the query (its input prefix): the demonstrations end before it.
-
-    Example:
-        >>> from anchor_flow.prompts import tokenize_prompts, toy_prompts
-        >>> from anchor_flow.toy import build_toy_tokenizer
-        >>> batch = tokenize_prompts(toy_prompts(1), build_toy_tokenizer())
-        >>> batch.demo_index[0, context_end(batch)].item()  # the query's index = n_demos
-        2
-    """
-    _check_row(batch, row)
-    n_demos = int(batch.demo_index[row, batch.target_position[row]])
-    return int(torch.nonzero(batch.demo_index[row] == n_demos)[0, 0])
-
-
-def _demo_positions(batch: PromptBatch, row: int, roles: Sequence[Role]) -> Tensor:
-    end = context_end(batch, row)
-    in_context = (batch.demo_index[row, :end] >= 0) & torch.isin(
-        batch.roles[row, :end], torch.tensor([int(r) for r in roles])
-    )
-    return torch.nonzero(in_context).flatten()
-
-
-def anchor_positions(batch: PromptBatch, row: int = 0, *, keep_bos: bool = True) -> Tensor:
-    """Hidden_anchor's kept positions of ``row``: each demonstration's formatting and label
-    word(s), plus a BOS token if ``keep_bos``. Sorted, ``Int[Tensor, " kept"]``.
-
-    Example:
-        >>> from anchor_flow.prompts import tokenize_prompts, toy_prompts
-        >>> from anchor_flow.toy import build_toy_tokenizer
-        >>> batch = tokenize_prompts(toy_prompts(1), build_toy_tokenizer())
-        >>> kept = anchor_positions(batch)
-        >>> sorted({Role(int(r)).name for r in batch.roles[0, kept]})
-        ['FORMAT', 'LABEL']
-
-    Raises:
-        CompressionError: the row's demonstrations hold no label word (e.g. 0 demonstrations).
-    """
-    kept = _demo_positions(batch, row, _KEPT_ROLES)
-    if not bool((batch.roles[row, kept] == Role.LABEL).any()):
-        raise CompressionError(
-            f"prompt {row} has no label words in its demonstrations (0 demonstrations?); "
-            "compression keeps the label words' keys and values, so it needs at least one"
-        )
-    if keep_bos:
-        bos = torch.nonzero(batch.roles[row] == Role.BOS).flatten()
-        kept = torch.cat([bos, kept]).sort().values
-    return kept
-
-
-def random_anchor_positions(
-    batch: PromptBatch,
-    row: int = 0,
-    *,
-    seed: int,
-    trial: int = 0,
-    prompt_id: int = 0,
-    keep_bos: bool = True,
-) -> Tensor:
-    """Hidden_random's kept positions: Hidden_anchor's with each demonstration's label-word
-    tokens swapped for as many random text positions of the same demonstration.
-
-    The draw depends only on ``(seed, trial, prompt_id)`` (Δ the official draw is unseeded
-    and leaks positions between the Hidden_random-top trials).
-
-    Example:
-        >>> from anchor_flow.prompts import tokenize_prompts, toy_prompts
-        >>> from anchor_flow.toy import build_toy_tokenizer
-        >>> batch = tokenize_prompts(toy_prompts(1), build_toy_tokenizer())
-        >>> kept = random_anchor_positions(batch, seed=0)
-        >>> len(kept) == len(anchor_positions(batch))
-        True
-        >>> bool((batch.roles[0, kept] == Role.LABEL).any())
-        False
-
-    Raises:
-        CompressionError: no label words, or a demonstration with fewer text tokens than
-            label-word tokens.
-    """
-    kept = anchor_positions(batch, row, keep_bos=keep_bos)
-    label = torch.isin(batch.roles[row, kept], torch.tensor([int(r) for r in _LABEL_ROLES]))
-    rng = np.random.default_rng([seed, trial, prompt_id])
-    text = _demo_positions(batch, row, (Role.TEXT,))
-    drawn = []
-    for demo in batch.demo_index[row, kept[label]].unique().tolist():
-        need = int((batch.demo_index[row, kept[label]] == demo).sum())
-        pool = text[batch.demo_index[row, text] == demo]
-        if len(pool) < need:
-            raise CompressionError(
-                f"prompt {row}, demonstration {demo}: {len(pool)} text tokens cannot replace "
-                f"{need} label-word tokens; Hidden_random needs demonstration texts of at least "
-                f"{need} tokens"
-            )
-        drawn.append(pool[torch.from_numpy(rng.choice(len(pool), size=need, replace=False))])
-    return torch.cat([kept[~label], *drawn]).sort().values
+Engine = Literal["auto", "cache", "mask"]
+ENGINES: tuple[str, ...] = ("auto", "cache", "mask")
+KeepSet = Literal["anchor", "random", "all"]
+HookList = Sequence[tuple[Any, Callable[..., Any]]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -201,6 +129,25 @@ class CompressedContext:
     @property
     def n_kept(self) -> int:
         return int(self.kept_positions.shape[0])
+
+    @classmethod
+    def from_past(
+        cls,
+        past: Sequence[tuple[Tensor, Tensor]],
+        kept_positions: Int[Tensor, " kept"],
+        position_policy: str = "original",
+    ) -> CompressedContext:
+        """Prune a whole context's keys/values (``ModelAdapter.context_key_values``) to
+        ``kept_positions``; one context run serves many keep sets (Hidden_random-top).
+
+        Example:
+            >>> past = [(torch.randn(1, 5, 2, 4), torch.randn(1, 5, 2, 4))]
+            >>> CompressedContext.from_past(past, torch.tensor([0, 3])).key_values[0][0].shape
+            torch.Size([1, 2, 2, 4])
+        """
+        on_device = kept_positions.to(past[0][0].device)
+        kept = tuple((k[:, on_device], v[:, on_device]) for k, v in past)  # indexing copies
+        return cls(kept, kept_positions.cpu(), int(past[0][0].shape[1]), position_policy)
 
     def query_position_ids(self, n_query: int) -> Int[Tensor, " n_query"]:
         """Position ids of a query of ``n_query`` tokens under the position policy.
@@ -250,9 +197,7 @@ def compress_context(
         )
     with frozen(adapter), torch.no_grad():
         past = adapter.context_key_values(tokens.to(adapter.device))
-    on_device = index.to(adapter.device)
-    kept = tuple((k[:, on_device].clone(), v[:, on_device].clone()) for k, v in past)
-    return CompressedContext(kept, index, length, position_policy)
+    return CompressedContext.from_past(past, index, position_policy)
 
 
 def compressed_logits(
@@ -264,10 +209,16 @@ def compressed_logits(
 ) -> Float[Tensor, "batch pos d_vocab"]:
     """Logits of right-padded queries that attend to the compressed context and themselves.
 
+    Example:
+        >>> context = compress_context(model, batch.tokens[0, :end], kept)  # doctest: +SKIP
+        >>> logits = compressed_logits(model, context, query.tokens)  # doctest: +SKIP
+
     Raises:
         CompressionError: the query's last position id reaches the model's context length.
     """
     adapter = adapt(model)
+    if not context.key_values:
+        raise CompressionError("the context holds no keys/values; build it with compress_context")
     positions = context.query_position_ids(int(query_tokens.shape[1]))
     if int(positions[-1]) >= adapter.n_ctx:
         raise CompressionError(
@@ -276,40 +227,195 @@ def compressed_logits(
             f"the {adapter.n_ctx - int(positions[0])} positions left of the model's context "
             f"length {adapter.n_ctx}; use shorter queries or position_policy='compact'"
         )
-    with adapter.hooks(fwd_hooks=extra_hooks):
+    # The cache's device, not adapter.device (which walks every module: ~50 ms per call on a
+    # 48-layer bridge); no empty hook context either (~10 ms): at batch 1 both dominate.
+    device = context.key_values[0][0].device
+    scope = adapter.hooks(fwd_hooks=extra_hooks) if extra_hooks else contextlib.nullcontext()
+    with scope:
         return adapter.forward_logits_with_past(
-            query_tokens.to(adapter.device), context.key_values, positions
+            query_tokens.to(device), context.key_values, positions
         )
 
 
-def query_batch(batch: PromptBatch, rows: Sequence[int], start: int) -> PromptBatch:
-    """The rows' tokens from ``start`` on (their query), re-padded, with roles and target."""
-    part = batch.select(list(rows))
-    return PromptBatch(
-        tokens=part.tokens[:, start:], roles=part.roles[:, start:],
-        demo_index=part.demo_index[:, start:], label_class=part.label_class[:, start:],
-        target_position=part.target_position - start, label_token_ids=part.label_token_ids,
-        gold=part.gold, str_tokens=tuple(t[start:] for t in part.str_tokens),
-    )  # fmt: skip
+def _kept(batch: PromptBatch, row: int, keep: str, keep_bos: bool, seed: int, trial: int) -> Tensor:
+    if keep == "anchor":
+        return anchor_positions(batch, row, keep_bos=keep_bos)
+    if keep == "random":
+        return random_anchor_positions(
+            batch, row, seed=seed, trial=trial, prompt_id=row, keep_bos=keep_bos
+        )
+    return torch.arange(context_end(batch, row))
 
 
-def _context_groups(batch: PromptBatch) -> list[tuple[int, list[int]]]:
-    """Rows sharing their context tokens (scheme "fixed"), as ``(context end, rows)``."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    ends: dict[tuple[int, ...], int] = {}
-    for row in range(len(batch)):
-        end = context_end(batch, row)
-        key = tuple(batch.tokens[row, :end].tolist())
-        groups.setdefault(key, []).append(row)
-        ends[key] = end
-    return [(ends[key], rows) for key, rows in groups.items()]
+def _group_engines(
+    adapter: ModelAdapter,
+    groups: list[tuple[int, list[int]]],
+    engine: str,
+    position_policy: str,
+    extra_hooks: HookList,
+) -> list[str]:
+    """``"cache"`` or ``"mask"`` per context group (see the module docstring)."""
+    if engine == "cache":
+        return ["cache"] * len(groups)
+    if engine == "mask":
+        if position_policy != "original":
+            raise CompressionError(
+                f"engine='mask' computes position_policy='original' only; got "
+                f"{position_policy!r}: use engine='cache' (or 'auto')"
+            )
+        check_attention_hooks_live(adapter)
+        return ["mask"] * len(groups)
+    alone = [len(rows) == 1 for _, rows in groups]
+    if position_policy != "original" or extra_hooks or not any(alone):
+        return ["cache"] * len(groups)
+    try:
+        check_attention_hooks_live(adapter)
+    except DeadAttentionHooksError:
+        return ["cache"] * len(groups)
+    return ["mask" if a else "cache" for a in alone]
+
+
+def _evaluate(
+    adapter: ModelAdapter,
+    batch: PromptBatch,
+    kept_sets: Callable[[int], list[Tensor]],
+    n_sets: int,
+    *,
+    groups: list[tuple[int, list[int]]],
+    engines: list[str],
+    position_policy: str,
+    batch_size: int,
+    top_k: int,
+    extra_hooks: HookList,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Label probabilities ``[set, prompt, class]`` and top-k ``[set, prompt, k]`` of every
+    keep set (``kept_sets(row)``: one per set, for the row's context)."""
+    label_probs = torch.zeros(n_sets, len(batch), batch.n_classes)
+    top_tokens = torch.zeros(n_sets, len(batch), top_k, dtype=torch.long)
+    top_probs = torch.zeros(n_sets, len(batch), top_k)
+
+    def store(sets: list[int], rows: list[int], final: Tensor, label_ids: Tensor) -> None:
+        final = final.float().cpu()
+        label_probs[sets, rows] = final.gather(1, label_ids).softmax(-1)
+        top = final.softmax(-1).topk(top_k, dim=-1)
+        top_tokens[sets, rows], top_probs[sets, rows] = top.indices, top.values
+
+    device = adapter.device  # once: the property walks every module
+    masked: list[tuple[int, int, Tensor]] = []  # (set, row, kept)
+    for (end, rows), engine in zip(groups, engines, strict=True):
+        sets = kept_sets(rows[0])
+        if engine == "mask":
+            masked += [(s, rows[0], kept) for s, kept in enumerate(sets)]
+            continue
+        past = adapter.context_key_values(batch.tokens[rows[0], :end][None].to(device))
+        for s, kept in enumerate(sets):
+            context = CompressedContext.from_past(past, kept, position_policy)
+            for i in range(0, len(rows), batch_size):
+                chunk = rows[i : i + batch_size]
+                query = query_batch(batch, chunk, end)
+                logits = compressed_logits(adapter, context, query.tokens, extra_hooks=extra_hooks)
+                picked = torch.arange(len(chunk), device=logits.device)
+                final = logits[picked, query.target_position.to(logits.device)]
+                store([s] * len(chunk), chunk, final, query.label_token_ids)
+    # Similar lengths share a forward (less padding), as in run_icl.
+    lengths = batch.lengths.tolist()
+    masked.sort(key=lambda job: -lengths[job[1]])
+    for i in range(0, len(masked), batch_size):
+        jobs = masked[i : i + batch_size]
+        part = batch.select([row for _, row, _ in jobs])
+        # On the model's device once, not copied by each layer's hook.
+        mask = compression_mask(part, [kept for _, _, kept in jobs]).to(device)
+        hooks = [*block_edges_hooks(adapter, mask, range(adapter.n_layers)), *extra_hooks]
+        with adapter.hooks(fwd_hooks=hooks):
+            final = adapter.final_logits(part.tokens.to(device), part.target_position.to(device))
+        store([s for s, _, _ in jobs], [row for _, row, _ in jobs], final, part.label_token_ids)
+    return label_probs, top_tokens, top_probs
+
+
+def run_compressed_icl_trials(
+    model: Any,
+    prompts: Sequence[ICLPrompt] | PromptBatch,
+    *,
+    trials: Sequence[int],
+    keep: KeepSet = "random",
+    position_policy: PositionPolicy = "original",
+    keep_bos: bool = True,
+    seed: int = 0,
+    batch_size: int = 8,
+    top_k: int = 5,
+    label_token_policy: Literal["single", "first", "all"] = "single",
+    engine: Engine = "auto",
+    extra_hooks: HookList = (),
+) -> list[ICLResult]:
+    """:func:`run_compressed_icl` for several Hidden_random trials, one result per trial.
+
+    Equals ``[run_compressed_icl(..., trial=t) for t in trials]``, but the work that does not
+    depend on the trial is done once (module docstring). ``keep="anchor"``/``"all"`` do not
+    depend on the trial: they are computed once and repeated.
+
+    Example:
+        >>> from anchor_flow import load_model, toy_prompts
+        >>> results = run_compressed_icl_trials(load_model("toy-gpt2"), toy_prompts(4),
+        ...                                     trials=[1, 2, 3])
+        >>> [r.settings["trial"] for r in results]
+        [1, 2, 3]
+
+    Raises:
+        CompressionError: no trials, a negative trial, an unknown ``keep``, policy or engine,
+            ``engine="mask"`` with a policy other than ``"original"``, or bad counts.
+        DeadAttentionHooksError: ``engine="mask"`` on a model whose attention hooks are dead.
+    """
+    trials = [int(t) for t in trials]
+    if not trials or min(trials) < 0:
+        raise CompressionError(f"trials={trials}; expected at least one non-negative trial")
+    if keep not in ("anchor", "random", "all"):
+        raise CompressionError(f"keep={keep!r}; expected 'anchor', 'random' or 'all'")
+    if position_policy not in POSITION_POLICIES or engine not in ENGINES:
+        raise CompressionError(
+            f"position_policy={position_policy!r}, engine={engine!r}; expected one of "
+            f"{POSITION_POLICIES} and one of {ENGINES}"
+        )
+    for name, value in (("batch_size", batch_size), ("top_k", top_k)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CompressionError(f"{name}={value!r}; expected a positive integer")
+    adapter = adapt(model)
+    batch = (
+        prompts
+        if isinstance(prompts, PromptBatch)
+        else prompt_batch(adapter, prompts, label_token_policy=label_token_policy)
+    )
+    distinct = trials if keep == "random" else trials[:1]  # the others ignore the trial
+    groups = context_groups(batch)
+    engines = _group_engines(adapter, groups, engine, position_policy, list(extra_hooks))
+
+    def kept_sets(row: int) -> list[Tensor]:
+        return [_kept(batch, row, keep, keep_bos, seed, t) for t in distinct]
+
+    with frozen(adapter), torch.no_grad():
+        label_probs, top_tokens, top_probs = _evaluate(
+            adapter, batch, kept_sets, len(distinct), groups=groups, engines=engines,
+            position_policy=position_policy, batch_size=batch_size, top_k=top_k,
+            extra_hooks=list(extra_hooks),
+        )  # fmt: skip
+    settings = {
+        "model": adapter.name, "tl_class": adapter.kind, "compression": keep,
+        "position_policy": position_policy, "keep_bos": keep_bos, "seed": seed,
+        "top_k": top_k, "label_token_policy": label_token_policy, "engine": engine,
+        "contexts_by_engine": {e: engines.count(e) for e in ("cache", "mask")},
+    }  # fmt: skip
+    which = [min(i, len(distinct) - 1) for i in range(len(trials))]
+    return [
+        ICLResult(label_probs[s], batch.gold.clone().cpu(), top_tokens[s], top_probs[s],
+                  {**settings, "trial": t})
+        for s, t in zip(which, trials, strict=True)
+    ]  # fmt: skip
 
 
 def run_compressed_icl(
     model: Any,
     prompts: Sequence[ICLPrompt] | PromptBatch,
     *,
-    keep: Literal["anchor", "random", "all"] = "anchor",
+    keep: KeepSet = "anchor",
     position_policy: PositionPolicy = "original",
     keep_bos: bool = True,
     seed: int = 0,
@@ -317,12 +423,14 @@ def run_compressed_icl(
     batch_size: int = 8,
     top_k: int = 5,
     label_token_policy: Literal["single", "first", "all"] = "single",
-    extra_hooks: Sequence[tuple[Any, Callable[..., Any]]] = (),
+    engine: Engine = "auto",
+    extra_hooks: HookList = (),
 ) -> ICLResult:
-    """ICL with compressed demonstrations: one cache per distinct context, batched queries.
+    """ICL with compressed demonstrations: Hidden_anchor (or a baseline keep set) per prompt.
 
-    Prompts with the same demonstrations (scheme "fixed") share one context run; prompts with
-    their own demonstrations get one each (correct, but no speed-up).
+    Prompts with the same demonstrations (scheme "fixed") share one context run and a
+    pruned cache; prompts with their own demonstrations run as batched, masked full prompts
+    under ``engine="auto"`` (module docstring: both engines give the same result).
 
     Example:
         >>> from anchor_flow import load_model, toy_prompts
@@ -339,48 +447,18 @@ def run_compressed_icl(
         keep_bos: keep a BOS token's keys/values too.
         seed: seed of the Hidden_random draw.
         trial: index of the Hidden_random-top trial (each trial draws afresh).
-        batch_size: queries per forward pass.
+        batch_size: queries (cache) or prompts (mask) per forward pass.
         top_k: full-vocabulary tokens kept at the target (word loyalty uses 5).
         label_token_policy: see :func:`anchor_flow.prompts.tokenize_prompts`.
-        extra_hooks: forward hooks active while the queries run (not the context run).
+        engine: ``"auto"``, ``"cache"`` or ``"mask"`` (module docstring).
+        extra_hooks: forward hooks active while the queries run (with the cache engine not
+            during the context run; with the mask engine the whole prompt runs).
+
+    Raises:
+        CompressionError: see :func:`run_compressed_icl_trials`.
     """
-    if keep not in ("anchor", "random", "all"):
-        raise CompressionError(f"keep={keep!r}; expected 'anchor', 'random' or 'all'")
-    adapter = adapt(model)
-    batch = (
-        prompts
-        if isinstance(prompts, PromptBatch)
-        else prompt_batch(adapter, prompts, label_token_policy=label_token_policy)
-    )
-    label_probs = torch.zeros(len(batch), batch.n_classes)
-    top_tokens = torch.zeros(len(batch), top_k, dtype=torch.long)
-    top_probs = torch.zeros(len(batch), top_k)
-    for end, rows in _context_groups(batch):
-        first = rows[0]
-        if keep == "anchor":
-            kept = anchor_positions(batch, first, keep_bos=keep_bos)
-        elif keep == "random":
-            kept = random_anchor_positions(
-                batch, first, seed=seed, trial=trial, prompt_id=first, keep_bos=keep_bos
-            )
-        else:
-            kept = torch.arange(end)
-        context = compress_context(
-            adapter, batch.tokens[first, :end], kept, position_policy=position_policy
-        )
-        for i in range(0, len(rows), batch_size):
-            chunk = rows[i : i + batch_size]
-            query = query_batch(batch, chunk, end)
-            with frozen(adapter), torch.no_grad():
-                logits = compressed_logits(adapter, context, query.tokens, extra_hooks=extra_hooks)
-            picked = torch.arange(len(chunk), device=logits.device)
-            final = logits[picked, query.target_position.to(logits.device)].float().cpu()
-            label_probs[chunk] = final.gather(1, query.label_token_ids).softmax(-1)
-            top = final.softmax(-1).topk(top_k, dim=-1)
-            top_tokens[chunk], top_probs[chunk] = top.indices, top.values
-    settings = {
-        "model": adapter.name, "tl_class": adapter.kind, "compression": keep,
-        "position_policy": position_policy, "keep_bos": keep_bos, "seed": seed,
-        "trial": trial, "top_k": top_k, "label_token_policy": label_token_policy,
-    }  # fmt: skip
-    return ICLResult(label_probs, batch.gold.clone().cpu(), top_tokens, top_probs, settings)
+    return run_compressed_icl_trials(
+        model, prompts, trials=[trial], keep=keep, position_policy=position_policy,
+        keep_bos=keep_bos, seed=seed, batch_size=batch_size, top_k=top_k,
+        label_token_policy=label_token_policy, engine=engine, extra_hooks=extra_hooks,
+    )[0]  # fmt: skip

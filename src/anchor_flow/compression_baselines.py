@@ -37,10 +37,11 @@ from torch import Tensor
 
 from anchor_flow.compression import (
     CompressionError,
+    Engine,
     PositionPolicy,
     anchor_positions,
     context_end,
-    run_compressed_icl,
+    run_compressed_icl_trials,
 )
 from anchor_flow.evaluation import ICLResult, prompt_batch, run_icl
 from anchor_flow.isolation import label_loyalty, word_loyalty
@@ -65,7 +66,8 @@ def text_anchor_batch(batch: PromptBatch) -> PromptBatch:
         >>> from anchor_flow.prompts import tokenize_prompts, toy_prompts
         >>> from anchor_flow.toy import build_toy_tokenizer
         >>> batch = tokenize_prompts(toy_prompts(1), build_toy_tokenizer())
-        >>> Role.TEXT in text_anchor_batch(batch).roles[0, : context_end(batch)].tolist()
+        >>> text = text_anchor_batch(batch)
+        >>> Role.TEXT in text.roles[0, : context_end(text)].tolist()  # the demonstrations'
         False
     """
     columns = [
@@ -283,6 +285,7 @@ def run_compression(
     batch_size: int = 8,
     run_name: str | None = None,
     label_token_policy: Literal["single", "first", "all"] = "single",
+    engine: Engine = "auto",
     progress: bool = False,
 ) -> CompressionResult:
     """Table 2 for one prompt set: ICL vs the compression methods, per prompt.
@@ -304,6 +307,8 @@ def run_compression(
         batch_size: prompts per forward pass.
         run_name: name of this run (default ``f"seed-{seed}"``).
         label_token_policy: see :func:`anchor_flow.prompts.tokenize_prompts`.
+        engine: how compressed prompts run (:func:`~anchor_flow.compression.run_compressed_icl`;
+            the result does not depend on it).
         progress: progress bar of the full-prompt ICL pass.
     """
     bad = [m for m in methods if m not in METHODS]
@@ -315,16 +320,21 @@ def run_compression(
     batch = prompt_batch(adapter, prompts, label_token_policy=label_token_policy)
     full = run_icl(adapter, batch, batch_size=batch_size, top_k=top_k, progress=progress)
     shared = {"position_policy": position_policy, "keep_bos": keep_bos, "seed": seed,
-              "batch_size": batch_size, "top_k": top_k}  # fmt: skip
+              "batch_size": batch_size, "top_k": top_k, "engine": engine}  # fmt: skip
 
     def score(result: ICLResult) -> tuple[Tensor, Tensor]:
         return result.predictions, word_loyalty(full.top_tokens, result.top_tokens)
 
-    def hidden(keep: Literal["anchor", "random"], trial: int = 0) -> tuple[Tensor, Tensor]:
-        return score(run_compressed_icl(
-            adapter, batch, keep=keep, position_policy=position_policy, keep_bos=keep_bos,
-            seed=seed, trial=trial, batch_size=batch_size, top_k=top_k,
-        ))  # fmt: skip
+    def hidden(keep: Literal["anchor", "random"], trials: list[int]) -> list[ICLResult]:
+        return run_compressed_icl_trials(
+            adapter, batch, trials=trials, keep=keep, position_policy=position_policy,
+            keep_bos=keep_bos, seed=seed, batch_size=batch_size, top_k=top_k, engine=engine,
+        )  # fmt: skip
+
+    # Hidden_random is trial 0 and Hidden_random-top trials 1..n: one call shares their work.
+    top = list(range(1, n_top_trials + 1)) if "hidden_random_top" in methods else []
+    wanted = [0] * ("hidden_random" in methods) + top
+    random_runs = dict(zip(wanted, hidden("random", wanted), strict=True)) if wanted else {}
 
     outcomes: dict[str, tuple[Tensor, Tensor]] = {}
     trials = torch.zeros(1, 0, 3)
@@ -340,11 +350,11 @@ def run_compression(
                 )
             )
         elif method == "hidden_anchor":
-            outcomes[method] = hidden("anchor")
+            outcomes[method] = score(hidden("anchor", [0])[0])
         elif method == "hidden_random":
-            outcomes[method] = hidden("random")
+            outcomes[method] = score(random_runs[0])
         else:
-            runs = [hidden("random", t) for t in range(1, n_top_trials + 1)]
+            runs = [score(random_runs[t]) for t in range(1, n_top_trials + 1)]
             acc = torch.where(batch.gold >= 0, 0.0, math.nan)
             trials = torch.tensor([[float(label_loyalty(full.predictions, p).mean()),
                                     float(w.mean()),

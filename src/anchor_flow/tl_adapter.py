@@ -234,7 +234,9 @@ class ModelAdapter:
         :meth:`hooks` block fire on the new tokens only.
         """
         batch, n_past = tokens.shape[0], past[0][0].shape[1]
-        position_ids = position_ids.to(self.device)
+        # The past's device: self.device walks every module (~50 ms on a 48-layer bridge).
+        device = past[0][0].device
+        position_ids = position_ids.to(device)
         if self.kind == "hooked":
             from transformer_lens import (
                 TransformerLensKeyValueCache,
@@ -247,9 +249,9 @@ class ModelAdapter:
                 )
                 for k, v in past
             ]
-            ones = torch.ones(batch, n_past, dtype=torch.int, device=self.device)
+            ones = torch.ones(batch, n_past, dtype=torch.int, device=device)
             cache = TransformerLensKeyValueCache(entries, ones, frozen=True)
-            default = torch.arange(n_past, n_past + tokens.shape[1], device=self.device)
+            default = torch.arange(n_past, n_past + tokens.shape[1], device=device)
             hooks: list[tuple[str, Callable[..., Any]]] = []
             if not torch.equal(position_ids, default):
                 if self.model.cfg.positional_embedding_type != "standard":

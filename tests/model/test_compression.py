@@ -101,13 +101,14 @@ def test_effect_dropping_the_label_words_changes_the_logits(tl_model):
     assert (a - b)[query.attention_mask].abs().max() > 1e-3
 
 
-def test_run_compressed_icl_all_equals_run_icl_and_is_batch_independent(tl_model):
+@pytest.mark.parametrize("engine", ["auto", "cache"])
+def test_run_compressed_icl_all_equals_run_icl_and_is_batch_independent(tl_model, engine):
     prompts = _shared(3, seed=4) + toy_prompts(2, seed=5)  # shared and own contexts
     full = run_icl(tl_model, prompts, top_k=5, progress=False)
-    every = run_compressed_icl(tl_model, prompts, keep="all", batch_size=2)
+    every = run_compressed_icl(tl_model, prompts, keep="all", batch_size=2, engine=engine)
     assert torch.allclose(every.label_probs, full.label_probs, atol=1e-5)
-    one = run_compressed_icl(tl_model, prompts, batch_size=1)
-    many = run_compressed_icl(tl_model, prompts, batch_size=5)
+    one = run_compressed_icl(tl_model, prompts, batch_size=1, engine=engine)
+    many = run_compressed_icl(tl_model, prompts, batch_size=5, engine=engine)
     assert torch.allclose(one.label_probs, many.label_probs, atol=1e-5)
 
 

@@ -9,11 +9,13 @@ from anchor_flow.compression import (
     CompressedContext,
     CompressionError,
     anchor_positions,
+    compression_mask,
     context_end,
     query_batch,
     random_anchor_positions,
 )
 from anchor_flow.compression_baselines import text_anchor_batch
+from anchor_flow.compression_positions import context_groups
 from anchor_flow.prompts import ICLPrompt, Template, tokenize_prompts, toy_prompts
 from anchor_flow.roles import Role
 
@@ -102,3 +104,38 @@ def test_query_position_ids_follow_the_policy():
     assert ids == {"original": [9, 10], "compact": [3, 4], "restart": [0, 1]}
     with pytest.raises(CompressionError, match="position_policy='later'"):
         CompressedContext((), kept, 9, "later")  # type: ignore[arg-type]
+
+
+def test_compression_mask_blocks_only_query_rows_from_dropped_context_keys(batch):
+    kept = [anchor_positions(batch, r) for r in range(len(batch))]
+    mask = compression_mask(batch, kept)
+    assert mask.shape == (3, batch.tokens.shape[1], batch.tokens.shape[1])
+    for row in range(len(batch)):
+        end = context_end(batch, row)
+        dropped = torch.ones(end, dtype=torch.bool)
+        dropped[kept[row]] = False
+        assert not bool(mask[row, :end].any())  # the context itself runs unchanged
+        assert bool((mask[row, end:, :end] == dropped).all())
+        assert not bool(mask[row, :, end:].any())  # the query always sees itself
+        roles = batch.roles[row, :end][~mask[row, end, :end]]
+        assert Role.TEXT not in roles.tolist()
+
+
+def test_context_groups_pool_rows_with_identical_demonstrations(toy_tokenizer):
+    prompts = toy_prompts(3, seed=1)
+    same = [ICLPrompt(prompts[0].template, prompts[0].label_words, prompts[0].demonstrations,
+                      p.query) for p in prompts]  # fmt: skip
+    batch = tokenize_prompts(same + prompts[1:], toy_tokenizer)
+    groups = context_groups(batch)
+    assert [rows for _, rows in groups] == [[0, 1, 2], [3], [4]]
+    assert all(end == context_end(batch, rows[0]) for end, rows in groups)
+
+
+def test_compressed_context_from_past_keeps_the_positions_and_the_full_length():
+    keys = torch.arange(2 * 6 * 3, dtype=torch.float32).reshape(1, 6, 2, 3)
+    past = [(keys, -keys), (2 * keys, keys)]
+    context = CompressedContext.from_past(past, torch.tensor([1, 4]), "compact")
+    assert context.context_length == 6
+    assert context.n_kept == 2
+    assert torch.equal(context.key_values[1][0], 2 * keys[:, [1, 4]])
+    assert context.query_position_ids(2).tolist() == [2, 3]
