@@ -23,6 +23,8 @@ from anchor_flow.compression import (
     run_compressed_icl,
 )
 from anchor_flow.compression_baselines import CompressionResult, run_compression
+from anchor_flow.compression_positions import anchor_positions, context_end
+from anchor_flow.compression_speed import SpeedupResult, flop_ideal_ratio, measure_speedup
 from anchor_flow.data import TaskData, load_task_data, read_examples, save_task_data
 from anchor_flow.deep import DeepResult, run_deep
 from anchor_flow.diagnosis import DiagnosisResult, run_diagnosis
@@ -113,20 +115,24 @@ __all__ = [
     "RunConfig",
     "SaliencyResult",
     "SamplingError",
+    "SpeedupResult",
     "Task",
     "TaskData",
     "TaskError",
     "Template",
     "UnsupportedModelError",
     "__version__",
+    "anchor_positions",
     "bag_of_words_accuracy",
     "block_edges_hooks",
     "blocking_hooks",
     "build_prompts",
     "compress_context",
+    "context_end",
     "edge_groups",
     "fit_reweighting",
     "fit_to_context",
+    "flop_ideal_ratio",
     "from_hf_model",
     "get_task",
     "isolation_hooks",
@@ -138,6 +144,7 @@ __all__ = [
     "load_run",
     "load_task_data",
     "load_task_file",
+    "measure_speedup",
     "paper_edge_masks",
     "per_example_demonstrations",
     "plot_betas",

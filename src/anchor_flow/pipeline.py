@@ -49,7 +49,9 @@ class RunConfig:
     Defaults are the paper's (PAPER.md §0, §7): five seeds, 1000 test examples per seed,
     one demonstration per class, label words isolated in 1/3/5/7 layers (scaled down for
     small models), re-weighting with Adam lr 0.01 for 10 epochs, 20 Hidden_random-top trials,
-    diagnosis at 2/3 of the depth with M=10 principal components.
+    diagnosis at 2/3 of the depth with M=10 principal components. ``speed_queries`` test
+    examples of the first seed, at 1, 2 and 4 demonstrations per class, time the compressed
+    vs the full prompt (Table 3).
 
     Example:
         >>> RunConfig(task="demo-k3", n_examples=50, experiments=("saliency", "deep")).seeds
@@ -77,6 +79,7 @@ class RunConfig:
     compression_methods: tuple[str, ...] = _COMPRESSION_METHODS
     position_policy: Literal["original", "compact", "restart"] = "original"
     top_trials: int = 20
+    speed_queries: int = 8
     diagnosis_layer: int | None = None
     n_components: int = 10
 
@@ -90,7 +93,7 @@ class RunConfig:
         if not self.seeds:
             raise AnchorFlowError("seeds=(); expected at least one seed (the paper: 42..46)")
         counts = ("n_examples", "shots_per_class", "batch_size", "top_k", "reweighting_epochs",
-                  "train_per_class", "top_trials", "n_components")  # fmt: skip
+                  "train_per_class", "top_trials", "speed_queries", "n_components")  # fmt: skip
         for name in counts:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -29,7 +29,7 @@ STEP_FILES: dict[str, tuple[str, ...]] = {
     "deep": ("deep.json", "deep.csv", "deep/"),
     "reweighting": ("reweighting.json", "reweighting.csv", "reweighting/"),
     "compression": ("compression.json", "compression.csv", "compression_trials.csv",
-                    "compression/"),
+                    "compression/", "compression_speed.csv", "compression_speed/"),
     "diagnosis": ("diagnosis.json", "diagnosis.csv", "diagnosis/"),
 }  # fmt: skip
 
@@ -251,7 +251,33 @@ def _compression(run: RunContext) -> dict[str, Any]:
     pooled = CompressionResult.concat(runs)
     frames = {"compression.csv": pooled.summary_frame(),
               "compression_trials.csv": pooled.trials_frame()}  # fmt: skip
-    return save_pooled(run.out, "compression", pooled, run.settings("fixed"), frames)
+    summary = save_pooled(run.out, "compression", pooled, run.settings("fixed"), frames)
+    speed = _speed(run)
+    speed.save(run.out / "compression_speed")
+    write_frame(run.out / "compression_speed.csv", speed.to_frame())
+    return {**summary, "speed": speed.summary()}
+
+
+def _speed(run: RunContext) -> Any:
+    """Table 3 on this model: per-query time, full vs compressed, for 1/2/4 shots per class.
+
+    The first seed's first ``speed_queries`` test examples (scheme "fixed"), batch 1 as the
+    paper; demonstration counts that do not fit the context are left out.
+    """
+    from anchor_flow.compression_speed import measure_speedup
+    from anchor_flow.sampling import fit_to_context, task_prompts
+
+    prompts: list[Any] = []
+    for shots in (1, 2, 4):
+        drawn = task_prompts(
+            run.task, run.data.train, run.data.test, seed=run.config.seeds[0],
+            n_examples=run.config.speed_queries, shots_per_class=shots, scheme="fixed",
+        )  # fmt: skip
+        fitting, _ = fit_to_context(drawn, run.adapter.tokenizer, run.adapter.n_ctx,
+                                    on_overflow="skip", label_token_policy=run.policy)  # fmt: skip
+        prompts += fitting
+    return measure_speedup(run.model, prompts, position_policy=run.config.position_policy,
+                           label_token_policy=run.policy)  # fmt: skip
 
 
 def _diagnosis(run: RunContext) -> dict[str, Any]:
