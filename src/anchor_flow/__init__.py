@@ -21,10 +21,16 @@ from anchor_flow.compression import (
     CompressionError,
     compress_context,
     run_compressed_icl,
+    run_compressed_icl_trials,
 )
 from anchor_flow.compression_baselines import CompressionResult, run_compression
 from anchor_flow.compression_positions import anchor_positions, context_end
-from anchor_flow.compression_speed import SpeedupResult, flop_ideal_ratio, measure_speedup
+from anchor_flow.compression_speed import (
+    SpeedupResult,
+    flop_ideal_ratio,
+    measure_speedup,
+    measure_token_speedup,
+)
 from anchor_flow.data import TaskData, load_task_data, read_examples, save_task_data
 from anchor_flow.deep import DeepResult, run_deep
 from anchor_flow.diagnosis import DiagnosisResult, run_diagnosis
@@ -145,6 +151,7 @@ __all__ = [
     "load_task_data",
     "load_task_file",
     "measure_speedup",
+    "measure_token_speedup",
     "paper_edge_masks",
     "per_example_demonstrations",
     "plot_betas",
@@ -166,6 +173,7 @@ __all__ = [
     "reweighting_prompts",
     "role_pair_mask",
     "run_compressed_icl",
+    "run_compressed_icl_trials",
     "run_compression",
     "run_deep",
     "run_diagnosis",

@@ -254,7 +254,9 @@ def run_experiments(
     info = {**model_info(adapter), "source": model_source or adapter.name}
     record = _start(directory, config, info, restart)
     context = RunContext.create(model, adapter, config, directory, progress)
-    record["settings_resolved"] = context.resolved
+    # Merge: a resumed run skips steps, so it would not re-resolve what they resolved.
+    resolved = record.get("settings_resolved", {})
+    record["settings_resolved"] = context.resolved = {**resolved, **context.resolved}
     for name in config.experiments:
         previous = record["experiments"].get(name, {})
         if _complete(previous, directory):

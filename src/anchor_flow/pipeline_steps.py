@@ -5,7 +5,8 @@ data, prompts per seed), calls the experiment's public ``run_*`` function once p
 pools the seeds, writes its files (:data:`STEP_FILES`, each atomically) and returns the
 JSON-safe summary that goes into ``results.json``. Protocols (PAPER.md §7): saliency draws
 demonstrations per test example; isolation, deep layers, compression and diagnosis fix them
-per seed; re-weighting uses Table 1's 1-shot + 4-per-class training split.
+per seed (scheme "fixed"; the generated demo-*/synthetic-* tasks still draw demonstrations
+and label words per prompt); re-weighting uses Table 1's 1-shot + 4-per-class split.
 """
 
 from __future__ import annotations

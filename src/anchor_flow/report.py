@@ -196,6 +196,9 @@ def write_report(
     page = _render(sections, title, dict(settings or {}))
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; a report is an ordinary file
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(page)

@@ -283,11 +283,17 @@ class ModelAdapter:
 
     @property
     def device(self) -> torch.device:
-        return next(iter(_parameters(self.model))).device
+        return self._first_parameter().device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(iter(_parameters(self.model))).dtype
+        return self._first_parameter().dtype
+
+    def _first_parameter(self) -> torch.nn.Parameter:
+        # The first registered parameter: O(1). The full walk (bridges keep the HF model
+        # outside their module tree) costs ~50 ms on a 48-layer bridge: only as a fallback.
+        first = next(self.model.parameters(), None)
+        return first if first is not None else next(iter(_parameters(self.model)))
 
 
 def adapt(model: Any) -> ModelAdapter:

@@ -32,6 +32,12 @@ def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "CSV per table and report.html. Rerunning into the same folder resumes.",
     )
     run.set_defaults(n_examples=None)
+    for action in run._actions:  # this command's own copy of the task options
+        if action.dest == "n_examples":
+            action.help = (f"test examples per seed (default: {_PAPER_EXAMPLES}, the paper's; "
+                           f"{_BUILTIN_EXAMPLES} for the built-in models)")  # fmt: skip
+        elif action.dest == "seeds":
+            action.help = "e.g. 42,43 (default: the paper's 42,43,44,45,46)"
     run.add_argument(
         "--out", type=Path, default=None,
         help="results folder (default: results/<model>-<task>)",
