@@ -17,7 +17,6 @@ from __future__ import annotations
 import html
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from anchor_flow.errors import AnchorFlowError
+from anchor_flow.result_files import write_atomic
 
 __all__ = ["ReportSection", "write_report"]
 
@@ -195,15 +195,6 @@ def write_report(
         raise AnchorFlowError(f"path {str(path)!r} is a folder; expected an HTML file path")
     page = _render(sections, title, dict(settings or {}))
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; a report is an ordinary file
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(page)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    data = page.encode("utf-8")
+    write_atomic(path, lambda handle: handle.write(data))
     return path
