@@ -15,8 +15,17 @@ under ``torch.no_grad`` with logits at every position (as the paper's script), w
 
 and prints full / compressed next to the paper's GPT2-XL speed-up, the FLOP-ideal ratio
 (:func:`anchor_flow.compression_speed.flop_ideal_ratio`: attention + MLP multiply-adds of the
-full prompt over those of the query with its cache), the floor ratio (full / floor) and the
-measured speed-up as a share of each (``/ideal``, ``/floor``).
+full prompt over those of the query with its cache), the floor ratio (full / floor), the
+GEMM-bound ratio and the measured speed-up as a share of each (``/ideal``, ``/floor``,
+``/gemm``).
+
+The GEMM-bound ratio is what this machine's matrix multiply allows: the time of the
+forward's matrix products alone (every layer's Q/K/V, output and MLP weights, and the
+unembedding, in a skeleton with fresh weights of the model's shapes and nothing else) at the
+full prompt's token count over that at the query's. Matrix products of a few dozen rows run
+far below peak throughput (they are bound by reading the weights), so the GEMM-bound ratio
+is below the FLOP-ideal one at batch 1: no implementation built on this machine's GEMMs can
+exceed it, whatever its cache does.
 
 Lengths (Δ Table 3 gives no units): L_demo = tokens of all demonstration texts, L_x = tokens
 of the query text; each of the task's C demonstrations adds 8 formatting/label tokens
@@ -105,7 +114,47 @@ def measure(
             batch_size=batch, repeats=repeats, warmup=warmup, amortise_over=amortise_over,
         ))  # fmt: skip
     rows = SpeedupResult.concat(results).summary()["rows"]
+    gemm_ms = gemm_skeleton(shape, device)
+    for row in rows:
+        full_len, _, query_len = lengths(row["group"])
+        row["gemm_ideal"] = gemm_ms(full_len * batch) / gemm_ms(query_len * batch)
+        row["of_gemm"] = row["speedup"] / row["gemm_ideal"]
     return [{**row, "shape": shape, "device": device, "tl_class": adapter.kind} for row in rows]
+
+
+def gemm_skeleton(shape: str, device: str):
+    """A function of a token count: median ms of the model's matrix products alone."""
+    import torch
+
+    n_layer, d_model, _ = SHAPES[shape]
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(d_model, 3 * d_model), (d_model, d_model), (d_model, 4 * d_model),
+              (4 * d_model, d_model)]  # fmt: skip
+    layers = [[torch.randn(*s, generator=generator).to(device) for s in shapes]
+              for _ in range(n_layer)]  # fmt: skip
+    unembed = torch.randn(d_model, 50257, generator=generator).to(device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    def forward(x):
+        for w_qkv, w_out, w_in, w_mlp_out in layers:
+            x = x + (x @ w_qkv)[:, :d_model] @ w_out
+            x = x + (x @ w_in) @ w_mlp_out
+        return x @ unembed
+
+    def median_ms(tokens: int, repeats: int = 10) -> float:
+        x = torch.randn(tokens, d_model, generator=generator).to(device)
+        times = []
+        with torch.no_grad():
+            for i in range(repeats + 2):
+                sync()
+                start = time.perf_counter()
+                forward(x)
+                sync()
+                if i >= 2:
+                    times.append((time.perf_counter() - start) * 1e3)
+        return sorted(times)[len(times) // 2]
+
+    return median_ms
 
 
 def profile(adapter, shape: str, device: str, task: str) -> None:
@@ -231,7 +280,8 @@ def main() -> None:
           f"amortised over {args.amortise_over} queries")  # fmt: skip
     header = (f"{'shape':7} {'task':7} {'L_full':>6} {'kept':>4} {'L_q':>4} {'full ms':>8} "
               f"{'comp ms':>8} {'build ms':>8} {'floor ms':>8} {'speed-up':>8} {'amort.':>7} "
-              f"{'ideal':>6} {'floor':>6} {'paper XL':>8} {'/ideal':>6} {'/floor':>6}")  # fmt: skip
+              f"{'ideal':>6} {'floor':>6} {'gemm':>6} {'paper XL':>8} {'/ideal':>6} {'/floor':>6} "
+              f"{'/gemm':>6}")  # fmt: skip
     print(header)
     for r in rows:
         full_len, kept, query = lengths(r["group"])
@@ -240,8 +290,8 @@ def main() -> None:
               f"{per_forward['full_ms']:8.2f} {per_forward['compressed_ms']:8.2f} "
               f"{r['build_ms']:8.2f} {per_forward['floor_ms']:8.2f} {r['speedup']:7.2f}x "
               f"{r['amortised_speedup']:6.2f}x {r['flop_ideal']:5.2f}x "
-              f"{r['floor_ratio']:5.2f}x {TASKS[r['group']][3]:7.1f}x {r['of_ideal']:6.2f} "
-              f"{r['of_floor']:6.2f}")  # fmt: skip
+              f"{r['floor_ratio']:5.2f}x {r['gemm_ideal']:5.2f}x {TASKS[r['group']][3]:7.1f}x "
+              f"{r['of_ideal']:6.2f} {r['of_floor']:6.2f} {r['of_gemm']:6.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

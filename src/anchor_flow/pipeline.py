@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from anchor_flow.errors import AnchorFlowError, ResultsError
 from anchor_flow.result_files import write_atomic
@@ -39,6 +39,9 @@ __all__ = ["EXPERIMENTS", "SCHEMA", "RunConfig", "load_run", "run_experiments"]
 
 SCHEMA = "anchor_flow.run/1"
 EXPERIMENTS = ("saliency", "isolation", "deep", "reweighting", "compression", "diagnosis")
+# Settings a resumed run may change (the record keeps the latest): the results do not depend
+# on them beyond float rounding (the compression engines are tested equal). The dtype does.
+_NOT_IN_RESULTS = ("device", "compression_engine")
 _COMPRESSION_METHODS = ("text_anchor", "hidden_random", "hidden_random_top", "hidden_anchor")
 
 
@@ -78,6 +81,7 @@ class RunConfig:
     train_per_class: int = 4
     compression_methods: tuple[str, ...] = _COMPRESSION_METHODS
     position_policy: Literal["original", "compact", "restart"] = "original"
+    compression_engine: Literal["auto", "cache", "mask"] = "auto"
     top_trials: int = 20
     speed_queries: int = 8
     diagnosis_layer: int | None = None
@@ -98,6 +102,13 @@ class RunConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise AnchorFlowError(f"{name}={value!r}; expected a positive integer")
+        for name, kind in get_type_hints(RunConfig).items():
+            allowed = _literal_values(kind)
+            if allowed and getattr(self, name) not in allowed:
+                raise AnchorFlowError(
+                    f"{name}={getattr(self, name)!r}; expected one of "
+                    f"{', '.join(map(repr, allowed))}"
+                )
         bad = [m for m in self.compression_methods if m not in _COMPRESSION_METHODS]
         if bad or not self.compression_methods:
             raise AnchorFlowError(
@@ -110,6 +121,17 @@ class RunConfig:
         values = asdict(self)
         values.pop("experiments")
         return json.loads(json.dumps(values, default=str))
+
+
+def _literal_values(kind: Any) -> tuple[Any, ...]:
+    """The values a ``Literal[...]`` (or ``Literal[...] | None``) annotation allows, else ()."""
+    if get_origin(kind) is Literal:
+        return get_args(kind)
+    parts = get_args(kind)
+    literals = [p for p in parts if get_origin(p) is Literal]
+    if len(literals) == 1 and len(parts) == 2 and type(None) in parts:
+        return (*get_args(literals[0]), None)
+    return ()
 
 
 def _now() -> str:
@@ -197,13 +219,15 @@ def _start(
         f"{part}.{key}: {previous.get(part, {}).get(key)!r} -> {value!r}"
         for part, values in same.items()
         for key, value in values.items()
-        if previous.get(part, {}).get(key) != value and key not in ("device", "dtype")
+        if previous.get(part, {}).get(key) != value and key not in _NOT_IN_RESULTS
     ]
     if differ:
         raise ResultsError(
             f"{str(directory)!r} holds a run with other settings ({'; '.join(differ[:4])}); "
             "use another output folder, or restart=True (--restart) to start this one over"
         )
+    for part, values in same.items():
+        previous[part].update({k: v for k, v in values.items() if k in _NOT_IN_RESULTS})
     previous["versions"] = _versions()
     return previous
 

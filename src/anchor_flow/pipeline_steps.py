@@ -245,7 +245,7 @@ def _compression(run: RunContext) -> dict[str, Any]:
             position_policy=run.config.position_policy, seed=int(name.removeprefix("seed-")),
             n_top_trials=run.config.top_trials, top_k=run.config.top_k,
             batch_size=run.config.batch_size, run_name=name, label_token_policy=run.policy,
-            progress=run.progress,
+            engine=run.config.compression_engine, progress=run.progress,
         )
         for name, prompts in run.prompt_sets("fixed").items()
     ]  # fmt: skip

@@ -44,6 +44,35 @@ def test_compress_command_refuses_bad_options(tmp_path, capsys):
         main(["compress", "--model", "toy-gpt2", "--methods", "hidden", "--out", str(tmp_path)])
 
 
+def test_compress_engines_give_the_same_results(tmp_path, capsys):
+    summaries = {}
+    for engine in ("cache", "mask"):
+        out = tmp_path / engine
+        code = main(["compress", "--model", "demo", "--task", "demo-k3", "--seeds", "3",
+                     "--n-examples", "6", "--top-trials", "2", "--quiet", "--engine", engine,
+                     "--out", str(out)])  # fmt: skip
+        assert code == 0, capsys.readouterr().err
+        summaries[engine] = json.loads((out / "compression.json").read_text())
+        assert summaries[engine]["settings"]["engine"] == engine
+
+    def values(engine: str) -> dict[tuple[str, str], float]:
+        return {(row["method"], row["metric"]): row["mean"] for row in summaries[engine]["means"]}
+
+    assert len(values("cache")) == 15
+    assert values("mask") == pytest.approx(values("cache"), abs=1e-6)
+    assert summaries["mask"]["random_top_trials"] == summaries["cache"]["random_top_trials"]
+
+
+def test_compress_mask_engine_refuses_other_position_policies(tmp_path, capsys):
+    code = main(["compress", "--model", "demo", "--task", "demo-k3", "--seeds", "3",
+                 "--n-examples", "4", "--quiet", "--engine", "mask",
+                 "--position-policy", "compact", "--out", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "engine='mask' computes position_policy='original' only" in err
+    assert not (tmp_path / "out" / "compression.json").exists()
+
+
 def test_speedup_plot_has_measured_paper_and_ideal_series():
     fig = plot_speedup({"small": ([61, 18], [3.0, 1.5])}, ideal=([18, 61], [2.0, 9.0])).to_dict()
     names = [t["name"] for t in fig["data"]]

@@ -11,15 +11,24 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
 import jsonschema
 import pandas as pd
 import pytest
+import torch
 
 import anchor_flow.pipeline_steps as steps
-from anchor_flow import EXPERIMENTS, RunConfig, load_model, load_run, run_experiments
+from anchor_flow import (
+    EXPERIMENTS,
+    CompressionResult,
+    RunConfig,
+    load_model,
+    load_run,
+    run_experiments,
+)
 from anchor_flow.cli import main
 from anchor_flow.errors import AnchorFlowError, ResultsError
 
@@ -186,6 +195,30 @@ def test_other_settings_in_the_same_folder_are_refused_unless_restart(tmp_path: 
     assert json.loads((tmp_path / "deep.json").read_text())["runs"] == ["seed-43"]
 
 
+def test_a_resumed_run_may_change_the_compression_engine(tmp_path: Path) -> None:
+    model = load_model("demo")
+    config = RunConfig(seeds=(42,), n_examples=4, experiments=("deep",))
+    run_experiments(model, tmp_path, config, progress=False)
+    other = replace(config, compression_engine="cache", experiments=("deep", "compression"),
+                    top_trials=1, speed_queries=1)  # fmt: skip
+    with pytest.raises(ResultsError, match=r"settings\.top_trials"):
+        run_experiments(model, tmp_path, other, progress=False)
+    events: list[str] = []
+    other = replace(other, top_trials=config.top_trials, speed_queries=config.speed_queries)
+    run_experiments(model, tmp_path, other, progress=False, on_event=events.append)
+    assert events[0].startswith("deep: complete")
+    assert events[0].endswith("skipped")
+    assert load_run(tmp_path)["settings"]["compression_engine"] == "cache"
+    assert CompressionResult.load(tmp_path / "compression").n_prompts == 4
+
+
+def test_a_resumed_run_in_another_dtype_is_refused(tmp_path: Path) -> None:
+    config = RunConfig(seeds=(42,), n_examples=4, experiments=("deep",))
+    run_experiments(load_model("demo"), tmp_path, config, progress=False)
+    with pytest.raises(ResultsError, match=r"model\.dtype: 'torch.float32' -> 'torch.float64'"):
+        run_experiments(load_model("demo", dtype=torch.float64), tmp_path, config, progress=False)
+
+
 def test_a_deleted_output_file_makes_the_experiment_rerun(tmp_path: Path) -> None:
     model = load_model("demo")
     config = RunConfig(seeds=(42,), n_examples=6, experiments=("deep",))
@@ -206,6 +239,7 @@ def test_a_deleted_output_file_makes_the_experiment_rerun(tmp_path: Path) -> Non
         (["run", "--n-examples", "0"], "--n-examples=0; expected a positive integer"),
         (["run", "--seeds", "4x"], "not a comma-separated list of integers"),
         (["run", "--top-trials", "0"], "--top-trials=0; expected a positive integer"),
+        (["run", "--compression-engine", "fast"], "invalid choice: 'fast'"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(
@@ -230,6 +264,17 @@ def test_run_config_validates_its_input() -> None:
         RunConfig(top_trials=0)
     with pytest.raises(AnchorFlowError, match="compression_methods=\\['zip'\\]"):
         RunConfig(compression_methods=("zip",))
+    # Under pytest the jaxtyping import hook type-checks the constructor first; a config that
+    # got past it (plain Python) is still refused by __post_init__.
+    for field, value in [("compression_engine", "fast"), ("position_policy", "end"),
+                         ("label_token_policy", "last")]:  # fmt: skip
+        config = RunConfig()
+        object.__setattr__(config, field, value)
+        with pytest.raises(AnchorFlowError, match=f"{field}='{value}'; expected one of '"):
+            config.__post_init__()
+    config = RunConfig()
+    object.__setattr__(config, "label_token_policy", None)
+    config.__post_init__()
 
 
 def test_load_run_refuses_other_files(tmp_path: Path) -> None:

@@ -40,6 +40,11 @@ def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     compress.add_argument(
         "--no-bos", action="store_true", help="drop a BOS token's keys/values too (official)"
     )
+    compress.add_argument(
+        "--engine", choices=["auto", "cache", "mask"], default="auto",
+        help="how compressed prompts run: per-context key/value cache, or one masked batched "
+        "forward ('original' positions only); the results are the same (default: auto)",
+    )  # fmt: skip
     compress.add_argument("--top-trials", type=int, default=20, help="Hidden_random-top sets")
     compress.add_argument("--top-k", type=int, default=5, help="word loyalty's top-k (paper 5)")
     compress.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -57,7 +62,8 @@ def run_compress_command(args: argparse.Namespace) -> None:
             model, prompts, methods=args.methods, position_policy=args.position_policy,
             keep_bos=not args.no_bos, seed=int(name.removeprefix("seed-")),
             n_top_trials=args.top_trials, top_k=args.top_k, batch_size=args.batch_size,
-            run_name=name, label_token_policy=policy, progress=not args.quiet,
+            run_name=name, label_token_policy=policy, engine=args.engine,
+            progress=not args.quiet,
         )
         for name, prompts in sets.items()
     ]  # fmt: skip
@@ -66,4 +72,4 @@ def run_compress_command(args: argparse.Namespace) -> None:
         "compression.csv": pooled.summary_frame(),
         "compression_trials.csv": pooled.trials_frame(),
     }
-    write_results(args.out, "compression", pooled, settings, frames)
+    write_results(args.out, "compression", pooled, {**settings, "engine": args.engine}, frames)

@@ -50,6 +50,15 @@ def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--restart", action="store_true", help="delete the folder's previous run and start over"
     )
     run.add_argument("--top-trials", type=int, default=20, help="Hidden_random-top sets (20)")
+    run.add_argument(
+        "--position-policy", choices=["original", "compact", "restart"], default="original",
+        help="compressed queries' positions: continue from the full context (default), from "
+        "the kept positions, or from 0 (official GPT2-XL code)",
+    )  # fmt: skip
+    run.add_argument(
+        "--compression-engine", choices=["auto", "cache", "mask"], default="auto",
+        help="how compressed prompts run (same results; a resumed run may change it)",
+    )  # fmt: skip
     run.add_argument("--epochs", type=int, default=10, help="re-weighting epochs (10)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -77,6 +86,7 @@ def run_run_command(args: argparse.Namespace) -> None:
         data_dir=None if args.data_dir is None else str(args.data_dir),
         batch_size=args.batch_size, experiments=tuple(args.experiments),
         top_trials=args.top_trials, reweighting_epochs=args.epochs,
+        position_policy=args.position_policy, compression_engine=args.compression_engine,
     )  # fmt: skip
     out = args.out or Path("results") / f"{_folder_name(args.model)}-{_folder_name(args.task)}"
     clock = time.perf_counter()
