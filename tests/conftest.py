@@ -101,3 +101,57 @@ def fold_value_biases(model: Any) -> None:
         center_unembed=False,
         fold_value_biases=True,
     )
+
+
+def sentencepiece_tokenizer(
+    variant: str = "metaspace", extra: list | None = None, model_max_length: int | None = None
+):
+    """A Llama-2-style fast tokenizer: byte-fallback BPE, "▁" added on every call, BOS <s>.
+
+    ``variant``: ``"metaspace"`` (a Metaspace pre-tokenizer, prepend "always") or
+    ``"llama2-normalizer"`` (Llama-2's ``Prepend("▁")`` + ``Replace(" ", "▁")`` normalizer);
+    ``extra``: normalizers to run first.
+    """
+    import json
+
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import PreTrainedTokenizerFast
+
+    from anchor_flow.toy import TOY_NEGATIVE, TOY_POSITIVE
+
+    trainer_tok = Tokenizer(models.BPE())
+    # Trained like SentencePiece: pieces never contain a space except a leading "▁".
+    trainer_tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always", split=True)
+    lines = ["Review: Sentiment: Negative Positive"] * 20 + list(TOY_POSITIVE + TOY_NEGATIVE) * 2
+    trainer = trainers.BpeTrainer(vocab_size=300, min_frequency=1, show_progress=False)
+    trainer_tok.train_from_iterator(lines, trainer=trainer)
+    trained = json.loads(trainer_tok.to_str())["model"]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"<0x{b:02X}>": 3 + b for b in range(256)}
+    for piece in sorted(trained["vocab"], key=trained["vocab"].get):
+        vocab.setdefault(piece, len(vocab))  # "\n" is not in it: <0x0A>, as in Llama-2
+    merges = [tuple(m) for m in trained["merges"]]
+    tok = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    if variant == "metaspace":
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always", split=False)
+        steps = []
+    else:  # Llama-2's tokenizer.json
+        steps = [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
+    if steps or extra:
+        tok.normalizer = normalizers.Sequence([*(extra or []), *steps])
+    strip = decoders.Strip(" ", 1, 0)  # the "▁" the tokenizer added
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), strip]
+    )
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    limit = {} if model_max_length is None else {"model_max_length": model_max_length}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", **limit
+    )

@@ -47,8 +47,9 @@ from anchor_flow.errors import (
 )
 from anchor_flow.evaluation import ICLResult, run_icl
 from anchor_flow.flows import InformationFlow
-from anchor_flow.isolation import IsolationResult, label_loyalty, run_isolation, word_loyalty
+from anchor_flow.isolation import IsolationResult, run_isolation
 from anchor_flow.loading import from_hf_model, load_model
+from anchor_flow.loyalty import label_loyalty, word_loyalty
 from anchor_flow.pipeline import EXPERIMENTS, RunConfig, load_run, run_experiments
 from anchor_flow.plotting import plot_flows, plot_group_matrix, plot_saliency_heatmap
 from anchor_flow.plotting_applications import (

@@ -5,20 +5,10 @@ The demonstrations run once; every layer's keys and values are kept only at the
 ``Review:``, the label prefix ``\\nSentiment:`` whose ``\\n`` ends the text line, the label
 word's token(s) and the trailing separator: roles ``FORMAT``, ``LABEL`` and ``LABEL_REST`` with
 ``demo_index < n_demos``), and each query is answered against that pruned cache
-(:func:`compress_context`, :func:`compressed_logits`, :func:`run_compressed_icl`). Keeping
-every layer's keys/values equals keeping the hidden states "at the front in each layer".
-
-Position ids of the query (Δ PAPER.md §5.1, the official code is inconsistent), explicit as
-``position_policy``:
-
-* ``"original"`` (default): the query continues from the full context's length, as if the
-  dropped positions were still there (official ``compress.py`` for GPT-J). With it the
-  compressed run equals a full run in which the query is blocked from every dropped key
-  (the oracle test).
-* ``"compact"``: the query continues after the kept positions (TL's own cache offset).
-* ``"restart"``: the query starts at position 0 (official ``compress.py`` for GPT2-XL).
-
-The cached keys always keep the position information of their original positions.
+(:func:`run_compressed_icl`; the cache itself, :func:`compress_context` and
+:func:`compressed_logits`, and the query's position ids, ``position_policy``, are in
+:mod:`anchor_flow.compression_cache`). Keeping every layer's keys/values equals keeping the
+hidden states "at the front in each layer".
 
 Δ BOS: the official code kept only the listed strings (GPT-2 and GPT-J prompts have no BOS).
 ``keep_bos=True`` (default) keeps a BOS token too, because models with a BOS use it as the
@@ -42,24 +32,28 @@ Hidden_random-top's trials (:func:`run_compressed_icl_trials`) share the trial-i
 still re-runs each trial's full prompts: their context rows do not depend on the trial, but
 a plain forward cannot skip them.
 
-The kept positions are pure logic in :mod:`anchor_flow.compression_positions` (re-exported
-here). Baselines, the Table-2 metrics and the result object are in
-:mod:`anchor_flow.compression_baselines`; timing (Table 3) in
-:mod:`anchor_flow.compression_speed`. Not here: plotting.
+The kept positions are pure logic in :mod:`anchor_flow.compression_positions` and the pruned
+cache is :mod:`anchor_flow.compression_cache` (both re-exported here). Baselines, the Table-2
+metrics and the result object are in :mod:`anchor_flow.compression_baselines`; timing
+(Table 3) in :mod:`anchor_flow.compression_speed`. Not here: plotting.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float, Int
 from torch import Tensor
 
 from anchor_flow.blocking import block_edges_hooks
+from anchor_flow.compression_cache import (
+    POSITION_POLICIES,
+    CompressedContext,
+    PositionPolicy,
+    compress_context,
+    compressed_logits,
+)
 from anchor_flow.compression_positions import (
     CompressionError,
     anchor_positions,
@@ -93,148 +87,10 @@ __all__ = [
     "run_compressed_icl_trials",
 ]
 
-PositionPolicy = Literal["original", "compact", "restart"]
-POSITION_POLICIES: tuple[str, ...] = ("original", "compact", "restart")
 Engine = Literal["auto", "cache", "mask"]
 ENGINES: tuple[str, ...] = ("auto", "cache", "mask")
 KeepSet = Literal["anchor", "random", "all"]
 HookList = Sequence[tuple[Any, Callable[..., Any]]]
-
-
-@dataclass(frozen=True, eq=False)
-class CompressedContext:
-    """Every layer's keys/values of a context, kept only at ``kept_positions``.
-
-    Build with :func:`compress_context`; answer queries with :func:`compressed_logits`.
-
-    Attributes:
-        key_values: per layer ``(keys, values)`` ``[1, kept, kv_heads, d_head]`` in the model's
-            cache convention (:meth:`~anchor_flow.tl_adapter.ModelAdapter.context_key_values`).
-        kept_positions: the kept positions of the full context, sorted.
-        context_length: the full context's length (tokens before the query).
-        position_policy: how query positions are numbered (see the module docstring).
-    """
-
-    key_values: tuple[tuple[Tensor, Tensor], ...]
-    kept_positions: Int[Tensor, " kept"]
-    context_length: int
-    position_policy: str = "original"
-
-    def __post_init__(self) -> None:
-        if self.position_policy not in POSITION_POLICIES:
-            raise CompressionError(
-                f"position_policy={self.position_policy!r}; expected one of {POSITION_POLICIES}"
-            )
-
-    @property
-    def n_kept(self) -> int:
-        return int(self.kept_positions.shape[0])
-
-    @classmethod
-    def from_past(
-        cls,
-        past: Sequence[tuple[Tensor, Tensor]],
-        kept_positions: Int[Tensor, " kept"],
-        position_policy: str = "original",
-    ) -> CompressedContext:
-        """Prune a whole context's keys/values (``ModelAdapter.context_key_values``) to
-        ``kept_positions``; one context run serves many keep sets (Hidden_random-top).
-
-        Example:
-            >>> past = [(torch.randn(1, 5, 2, 4), torch.randn(1, 5, 2, 4))]
-            >>> CompressedContext.from_past(past, torch.tensor([0, 3])).key_values[0][0].shape
-            torch.Size([1, 2, 2, 4])
-        """
-        on_device = kept_positions.to(past[0][0].device)
-        kept = tuple((k[:, on_device], v[:, on_device]) for k, v in past)  # indexing copies
-        return cls(kept, kept_positions.cpu(), int(past[0][0].shape[1]), position_policy)
-
-    def query_position_ids(self, n_query: int) -> Int[Tensor, " n_query"]:
-        """Position ids of a query of ``n_query`` tokens under the position policy.
-
-        Example:
-            >>> ctx = CompressedContext((), torch.tensor([0, 4]), 10, "original")
-            >>> ctx.query_position_ids(2).tolist()
-            [10, 11]
-        """
-        start = {"original": self.context_length, "compact": self.n_kept, "restart": 0}
-        return torch.arange(n_query) + start[self.position_policy]
-
-
-def compress_context(
-    model: Any,
-    context_tokens: Int[Tensor, " pos"],
-    keep: Sequence[int] | Int[Tensor, " kept"],
-    *,
-    position_policy: str = "original",
-) -> CompressedContext:
-    """Run ``context_tokens`` once and keep every layer's keys/values at ``keep``.
-
-    Example:
-        >>> batch = prompt_batch(model, prompts)  # doctest: +SKIP
-        >>> end = context_end(batch)  # doctest: +SKIP
-        >>> kept = anchor_positions(batch)  # doctest: +SKIP
-        >>> ctx = compress_context(model, batch.tokens[0, :end], kept)  # doctest: +SKIP
-
-    Raises:
-        CompressionError: an empty, unsorted, repeated or out-of-range keep set, or an unknown
-            position policy.
-    """
-    adapter = adapt(model)
-    tokens = context_tokens.reshape(1, -1)
-    index = torch.as_tensor(keep, dtype=torch.long).flatten().cpu()
-    length = int(tokens.shape[1])
-    if index.numel() == 0:
-        raise CompressionError("the keep set is empty; keep at least one context position")
-    if bool((index < 0).any()) or bool((index >= length).any()) or bool((index.diff() <= 0).any()):
-        raise CompressionError(
-            f"keep={index.tolist()} must be strictly increasing positions in 0..{length - 1} "
-            f"of the {length}-token context"
-        )
-    if position_policy not in POSITION_POLICIES:
-        raise CompressionError(
-            f"position_policy={position_policy!r}; expected one of {POSITION_POLICIES}"
-        )
-    with frozen(adapter), torch.no_grad():
-        past = adapter.context_key_values(tokens.to(adapter.device))
-    return CompressedContext.from_past(past, index, position_policy)
-
-
-def compressed_logits(
-    model: Any,
-    context: CompressedContext,
-    query_tokens: Int[Tensor, "batch pos"],
-    *,
-    extra_hooks: Sequence[tuple[Any, Callable[..., Any]]] = (),
-) -> Float[Tensor, "batch pos d_vocab"]:
-    """Logits of right-padded queries that attend to the compressed context and themselves.
-
-    Example:
-        >>> context = compress_context(model, batch.tokens[0, :end], kept)  # doctest: +SKIP
-        >>> logits = compressed_logits(model, context, query.tokens)  # doctest: +SKIP
-
-    Raises:
-        CompressionError: the query's last position id reaches the model's context length.
-    """
-    adapter = adapt(model)
-    if not context.key_values:
-        raise CompressionError("the context holds no keys/values; build it with compress_context")
-    positions = context.query_position_ids(int(query_tokens.shape[1]))
-    if int(positions[-1]) >= adapter.n_ctx:
-        raise CompressionError(
-            f"a query of {query_tokens.shape[1]} tokens at positions {int(positions[0])}.."
-            f"{int(positions[-1])} (position_policy={context.position_policy!r}) is longer than "
-            f"the {adapter.n_ctx - int(positions[0])} positions left of the model's context "
-            f"length {adapter.n_ctx}; use shorter queries or position_policy='compact'"
-        )
-    # The cache's device, not adapter.device (which walks every module: ~50 ms per call on a
-    # 48-layer bridge); no empty hook context either (~10 ms): at batch 1 both dominate.
-    device = context.key_values[0][0].device
-    scope = adapter.hooks(fwd_hooks=extra_hooks) if extra_hooks else contextlib.nullcontext()
-    with scope:
-        return adapter.forward_logits_with_past(
-            query_tokens.to(device), context.key_values, positions
-        )
 
 
 def _kept(batch: PromptBatch, row: int, keep: str, keep_bos: bool, seed: int, trial: int) -> Tensor:

@@ -16,20 +16,18 @@
 * **Hidden_anchor** (:mod:`anchor_flow.compression`).
 
 Metrics per prompt (PAPER.md §5.2): label loyalty (same label-restricted prediction as ICL),
-word loyalty (Jaccard of the top-5 full-vocabulary tokens vs ICL), accuracy. Seeds combine
-with :meth:`CompressionResult.concat`; means over runs with bootstrap intervals.
+word loyalty (Jaccard of the top-5 full-vocabulary tokens vs ICL), accuracy
+(:mod:`anchor_flow.loyalty`). Seeds combine with :meth:`CompressionResult.concat`; means over
+runs with bootstrap intervals.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
@@ -44,19 +42,15 @@ from anchor_flow.compression import (
     run_compressed_icl_trials,
 )
 from anchor_flow.evaluation import ICLResult, prompt_batch, run_icl
-from anchor_flow.isolation import label_loyalty, word_loyalty
+from anchor_flow.loyalty import METRICS, LoyaltyResult, label_loyalty, word_loyalty
 from anchor_flow.prompts import ICLPrompt
-from anchor_flow.result_files import load_arrays, save_arrays
 from anchor_flow.roles import PromptBatch, Role
-from anchor_flow.stats import bootstrap_interval
 from anchor_flow.tl_adapter import adapt
 
 __all__ = ["METHODS", "CompressionResult", "run_compression", "text_anchor_batch"]
 
 SCHEMA = "anchor_flow.compression/1"
 METHODS = ("text_anchor", "hidden_random", "hidden_random_top", "hidden_anchor")
-METRICS = ("label_loyalty", "word_loyalty", "accuracy")
-_ARRAYS = ("baseline_predictions", "predictions", "word_jaccard", "gold", "run", "trials")
 
 
 def text_anchor_batch(batch: PromptBatch) -> PromptBatch:
@@ -97,7 +91,7 @@ def text_anchor_batch(batch: PromptBatch) -> PromptBatch:
 
 
 @dataclass(frozen=True)
-class CompressionResult:
+class CompressionResult(LoyaltyResult):
     """Per-prompt outcomes of each compression method against full-prompt ICL.
 
     Example:
@@ -132,49 +126,22 @@ class CompressionResult:
     trials: Float[Tensor, "run trial metric"]
     settings: dict[str, Any] = field(default_factory=dict)
 
+    _STEM, _SCHEMA, _WHAT = "compression", SCHEMA, "a compression result"
+    _ARRAYS = ("baseline_predictions", "predictions", "word_jaccard", "gold", "run", "trials")
+    _ERROR = CompressionError
+
     def __post_init__(self) -> None:
-        n, m = int(self.baseline_predictions.shape[0]), len(self.methods)
-        want = {"predictions": (m, n), "word_jaccard": (m, n), "gold": (n,), "run": (n,)}
-        bad = {k: tuple(getattr(self, k).shape) for k, s in want.items()
-               if tuple(getattr(self, k).shape) != s}  # fmt: skip
-        if bad or n == 0:
-            raise CompressionError(
-                f"CompressionResult with {m} methods and {n} prompts got shapes {bad}; "
-                "expected [method, prompt] and [prompt] (and at least one prompt)"
-            )
-        if not 0 <= int(self.run.min()) <= int(self.run.max()) < len(self.run_names):
-            raise CompressionError(f"run indices must index run_names {self.run_names}")
+        self._check_outcome_shapes(len(self.methods), "methods", "method")
         if self.trials.ndim != 3 or self.trials.shape[0] not in (0, len(self.run_names)):
             raise CompressionError(
                 f"trials has shape {tuple(self.trials.shape)}; expected [run, trial, 3]"
             )
-        for name in _ARRAYS:
-            object.__setattr__(self, name, getattr(self, name).detach().cpu())
-
-    @property
-    def n_prompts(self) -> int:
-        return int(self.baseline_predictions.shape[0])
-
-    @property
-    def n_runs(self) -> int:
-        return len(self.run_names)
-
-    def per_prompt(self, metric: str) -> Float[Tensor, "method prompt"]:
-        """``"label_loyalty"``, ``"word_loyalty"`` or ``"accuracy"`` (NaN: gold unknown)."""
-        if metric == "label_loyalty":
-            return (self.predictions == self.baseline_predictions[None]).double()
-        if metric == "word_loyalty":
-            return self.word_jaccard.double()
-        if metric == "accuracy":
-            correct = (self.predictions == self.gold[None]).double()
-            return torch.where(self.gold[None] >= 0, correct, math.nan)
-        raise CompressionError(f"metric={metric!r}; expected one of {METRICS}")
+        self._detach_arrays()
 
     def summary_frame(self, *, level: float = 0.95) -> pd.DataFrame:
         """One row per (method, metric) incl. ``"icl"``: mean over runs, bootstrap interval over
         runs (>= 2) or prompts (column ``ci_over``)."""
-        base_acc = torch.where(self.gold >= 0, (self.baseline_predictions == self.gold).double(),
-                               math.nan)  # fmt: skip
+        base_acc = self.baseline_accuracy()
         values = {m: self.per_prompt(m) for m in METRICS}
         icl = {"label_loyalty": 1.0, "word_loyalty": 1.0}
         rows = []
@@ -184,17 +151,11 @@ class CompressionResult:
                 if metric == "accuracy"
                 else torch.full_like(base_acc[None], icl[metric])
             )
-            stacked = torch.cat([full, values[metric]])
-            per_run = torch.stack([stacked[:, self.run == r].nanmean(-1)
-                                   for r in range(self.n_runs)])  # fmt: skip
-            units = per_run if self.n_runs >= 2 else stacked.T
-            low, high = bootstrap_interval(units, lambda v: v.nanmean(0), level=level)
+            means = self._run_means(torch.cat([full, values[metric]]), level)
             for i, method in enumerate(("icl", *self.methods)):
-                rows.append({"method": method, "metric": metric,
-                             "mean": float(per_run.nanmean(0)[i]), "ci_low": float(low[i]),
-                             "ci_high": float(high[i])})  # fmt: skip
+                rows.append({"method": method, "metric": metric, **means.row(i)})
         frame = pd.DataFrame(rows)
-        frame["ci_over"] = "runs" if self.n_runs >= 2 else "prompts"
+        frame["ci_over"] = means.ci_over
         frame["n_runs"], frame["n_prompts"] = self.n_runs, self.n_prompts
         return frame
 
@@ -228,48 +189,19 @@ class CompressionResult:
         }  # fmt: skip
 
     @classmethod
-    def concat(cls, results: Sequence[CompressionResult]) -> CompressionResult:
-        """Pool runs (e.g. seeds) with the same methods; run names must differ."""
-        if not results:
-            raise CompressionError("concat needs at least one CompressionResult; got none")
+    def _check_concat(cls, results: Sequence[CompressionResult], names: tuple[str, ...]) -> None:
         if any(r.methods != results[0].methods for r in results):
             raise CompressionError("cannot concat compression results with different methods")
-        names = tuple(n for r in results for n in r.run_names)
-        if len(set(names)) != len(names):
-            raise CompressionError(f"run names must be unique across results; got {names}")
+        cls._check_unique_run_names(names)
         if len({r.trials.shape[1:] for r in results}) != 1:
             raise CompressionError("cannot concat results with different numbers of trials")
-        offsets = np.cumsum([0] + [r.n_runs for r in results])[:-1].tolist()
-        return cls(
-            methods=results[0].methods,
-            baseline_predictions=torch.cat([r.baseline_predictions for r in results]),
-            predictions=torch.cat([r.predictions for r in results], dim=1),
-            word_jaccard=torch.cat([r.word_jaccard for r in results], dim=1),
-            gold=torch.cat([r.gold for r in results]),
-            run=torch.cat([r.run + o for r, o in zip(results, offsets, strict=True)]),
-            run_names=names,
-            trials=torch.cat([r.trials for r in results]),
-            settings=dict(results[0].settings),
-        )
 
-    def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write ``compression.npz`` and ``compression_meta.json`` into ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        arrays = {name: getattr(self, name).numpy() for name in _ARRAYS}
-        meta = {"schema": SCHEMA, "settings": self.settings, "run_names": list(self.run_names),
-                "methods": list(self.methods)}  # fmt: skip
-        save_arrays(directory, "compression", arrays, meta)
+    def _meta(self) -> dict[str, Any]:
+        return {**super()._meta(), "methods": list(self.methods)}
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> CompressionResult:
-        """Read a result written by :meth:`save`."""
-        directory = Path(directory)
-        arrays, meta = load_arrays(
-            directory, "compression", schema=SCHEMA, names=_ARRAYS, what="a compression result"
-        )
-        return cls(methods=tuple(meta["methods"]), run_names=tuple(meta["run_names"]),
-                   settings=meta["settings"], **arrays)  # fmt: skip
+    def _fields_from_meta(cls, meta: Mapping[str, Any]) -> dict[str, Any]:
+        return {**super()._fields_from_meta(meta), "methods": tuple(meta["methods"])}
 
 
 def run_compression(

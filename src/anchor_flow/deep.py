@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -38,7 +36,7 @@ from torch import Tensor
 from anchor_flow.errors import AnchorFlowError
 from anchor_flow.evaluation import BatchHooks, prompt_batch, run_icl
 from anchor_flow.prompts import ICLPrompt
-from anchor_flow.result_files import load_arrays, save_arrays
+from anchor_flow.result_runs import PooledResult
 from anchor_flow.roles import PromptBatch, Role
 from anchor_flow.stats import bootstrap_interval, roc_auc, roc_auc_ovo
 from anchor_flow.tl_adapter import adapt
@@ -46,7 +44,6 @@ from anchor_flow.tl_adapter import adapt
 __all__ = ["DeepResult", "classifier_auc", "cumulative_auc_ratio", "run_deep"]
 
 SCHEMA = "anchor_flow.deep/1"
-_ARRAYS = ("scores", "label_probs", "gold", "run")
 log = logging.getLogger(__name__)
 
 
@@ -79,7 +76,7 @@ def cumulative_auc_ratio(auc: Float[Tensor, " layer"]) -> Float[Tensor, " layer"
     """``R_l`` (Eq. 5): the share of the total ``AUC - 0.5`` accumulated up to layer ``l``.
 
     Example:
-        >>> cumulative_auc_ratio(torch.tensor([0.5, 0.6, 0.9])).tolist()
+        >>> [round(r, 6) for r in cumulative_auc_ratio(torch.tensor([0.5, 0.6, 0.9])).tolist()]
         [0.0, 0.2, 1.0]
     """
     excess = auc.double() - 0.5
@@ -92,7 +89,7 @@ def _auc_curve(scores: Tensor, predictions: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class DeepResult:
+class DeepResult(PooledResult):
     """The target's attention to each class's label words per layer, and the predictions.
 
     Example:
@@ -118,6 +115,9 @@ class DeepResult:
     run_names: tuple[str, ...]
     settings: dict[str, Any] = field(default_factory=dict)
 
+    _STEM, _SCHEMA, _WHAT = "deep", SCHEMA, "a deep-layer result"
+    _ARRAYS = ("scores", "label_probs", "gold", "run")
+
     def __post_init__(self) -> None:
         n = self.scores.shape[0]
         if self.scores.ndim != 3 or n == 0 or self.label_probs.shape != (n, self.scores.shape[2]):
@@ -128,10 +128,8 @@ class DeepResult:
             )
         if self.gold.shape != (n,) or self.run.shape != (n,):
             raise AnchorFlowError(f"gold and run must have shape ({n},)")
-        if not 0 <= int(self.run.min()) <= int(self.run.max()) < len(self.run_names):
-            raise AnchorFlowError(f"run indices must index run_names {self.run_names}")
-        for name in _ARRAYS:
-            object.__setattr__(self, name, getattr(self, name).detach().cpu())
+        self._check_run_indices()
+        self._detach_arrays()
 
     @property
     def n_prompts(self) -> int:
@@ -140,10 +138,6 @@ class DeepResult:
     @property
     def n_layers(self) -> int:
         return int(self.scores.shape[1])
-
-    @property
-    def n_runs(self) -> int:
-        return len(self.run_names)
 
     @property
     def predictions(self) -> Int[Tensor, " prompt"]:
@@ -207,42 +201,11 @@ class DeepResult:
                 "auc_per_run": self.auc_per_run().tolist()}  # fmt: skip
 
     @classmethod
-    def concat(cls, results: Sequence[DeepResult]) -> DeepResult:
-        """Pool runs (e.g. seeds) of the same model and task; run names must differ."""
-        if not results:
-            raise AnchorFlowError("concat needs at least one DeepResult; got none")
+    def _check_concat(cls, results: Sequence[DeepResult], names: tuple[str, ...]) -> None:
         shapes = {r.scores.shape[1:] for r in results}
         if len(shapes) != 1:
             raise AnchorFlowError(f"cannot concat deep results with [layer, class] {shapes}")
-        names = tuple(name for r in results for name in r.run_names)
-        if len(set(names)) != len(names):
-            raise AnchorFlowError(f"run names must be unique across results; got {names}")
-        offsets = np.cumsum([0] + [r.n_runs for r in results])[:-1].tolist()
-        return cls(
-            scores=torch.cat([r.scores for r in results]),
-            label_probs=torch.cat([r.label_probs for r in results]),
-            gold=torch.cat([r.gold for r in results]),
-            run=torch.cat([r.run + o for r, o in zip(results, offsets, strict=True)]),
-            run_names=names,
-            settings=dict(results[0].settings),
-        )
-
-    def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write ``deep.npz`` and ``deep_meta.json`` into ``directory``, each atomically."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        arrays = {name: getattr(self, name).numpy() for name in _ARRAYS}
-        meta = {"schema": SCHEMA, "settings": self.settings, "run_names": list(self.run_names)}
-        save_arrays(directory, "deep", arrays, meta)
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> DeepResult:
-        """Read a result written by :meth:`save`."""
-        directory = Path(directory)
-        arrays, meta = load_arrays(
-            directory, "deep", schema=SCHEMA, names=_ARRAYS, what="a deep-layer result"
-        )
-        return cls(run_names=tuple(meta["run_names"]), settings=meta["settings"], **arrays)
+        cls._check_unique_run_names(names)
 
 
 def target_attention_hooks(

@@ -28,13 +28,10 @@ plotting (:mod:`anchor_flow.plotting_applications`).
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
@@ -52,7 +49,7 @@ from anchor_flow.diagnosis_math import (
 )
 from anchor_flow.evaluation import BatchHooks, prompt_batch, run_icl
 from anchor_flow.prompts import ICLPrompt
-from anchor_flow.result_files import load_arrays, save_arrays
+from anchor_flow.result_runs import PooledResult
 from anchor_flow.roles import PromptBatch, Role
 from anchor_flow.stats import bootstrap_interval, spearman
 from anchor_flow.tl_adapter import adapt
@@ -60,11 +57,10 @@ from anchor_flow.tl_adapter import adapt
 __all__ = ["DiagnosisResult", "run_diagnosis"]
 
 SCHEMA = "anchor_flow.diagnosis/1"
-_ARRAYS = ("queries", "keys", "label_probs", "gold", "run")
 
 
 @dataclass(frozen=True)
-class DiagnosisResult:
+class DiagnosisResult(PooledResult):
     """Target queries, per-class anchor keys and label probabilities of one or more runs.
 
     Example:
@@ -94,6 +90,10 @@ class DiagnosisResult:
     class_names: tuple[str, ...]
     settings: dict[str, Any] = field(default_factory=dict)
 
+    _STEM, _SCHEMA, _WHAT = "diagnosis", SCHEMA, "a diagnosis result"
+    _ARRAYS = ("queries", "keys", "label_probs", "gold", "run")
+    _ERROR = DiagnosisError
+
     def __post_init__(self) -> None:
         n, r, c = self.queries.shape[0], len(self.run_names), self.label_probs.shape[-1]
         want = {
@@ -113,14 +113,8 @@ class DiagnosisResult:
                 f"DiagnosisResult got shapes {bad} with {len(self.class_names)} class names; "
                 f"expected {want} and one name per class"
             )
-        if not 0 <= int(self.run.min()) <= int(self.run.max()) < r:
-            raise DiagnosisError(f"run indices must index run_names {self.run_names}")
-        for name in _ARRAYS:
-            object.__setattr__(self, name, getattr(self, name).detach().cpu())
-
-    @property
-    def n_runs(self) -> int:
-        return len(self.run_names)
+        self._check_run_indices()
+        self._detach_arrays()
 
     def _layer_index(self, layer: int | None) -> int:
         layer = int(self.settings.get("layer", self.layers[-1])) if layer is None else layer
@@ -228,58 +222,22 @@ class DiagnosisResult:
         }
 
     @classmethod
-    def concat(cls, results: Sequence[DiagnosisResult]) -> DiagnosisResult:
-        """Pool runs (e.g. seeds) recorded at the same layers with the same classes."""
-        if not results:
-            raise DiagnosisError("concat needs at least one DiagnosisResult; got none")
+    def _check_concat(cls, results: Sequence[DiagnosisResult], names: tuple[str, ...]) -> None:
         first = results[0]
-        names = tuple(n for r in results for n in r.run_names)
         same = all(r.layers == first.layers and r.class_names == first.class_names for r in results)
         if not same or len(set(names)) != len(names):
             raise DiagnosisError(
                 f"cannot concat runs {names}: expected unique names, same layers and classes"
             )
-        offsets = np.cumsum([0] + [r.n_runs for r in results])[:-1].tolist()
-        return cls(
-            queries=torch.cat([r.queries for r in results]),
-            keys=torch.cat([r.keys for r in results]),
-            label_probs=torch.cat([r.label_probs for r in results]),
-            gold=torch.cat([r.gold for r in results]),
-            run=torch.cat([r.run + o for r, o in zip(results, offsets, strict=True)]),
-            run_names=names,
-            layers=first.layers,
-            class_names=first.class_names,
-            settings=dict(first.settings),
-        )
 
-    def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write ``diagnosis.npz`` and ``diagnosis_meta.json`` into ``directory``, atomically."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        arrays = {name: getattr(self, name).numpy() for name in _ARRAYS}
-        meta = {
-            "schema": SCHEMA,
-            "settings": self.settings,
-            "run_names": list(self.run_names),
-            "layers": list(self.layers),
-            "class_names": list(self.class_names),
-        }
-        save_arrays(directory, "diagnosis", arrays, meta)
+    def _meta(self) -> dict[str, Any]:
+        return {**super()._meta(), "layers": list(self.layers),
+                "class_names": list(self.class_names)}  # fmt: skip
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> DiagnosisResult:
-        """Read a result written by :meth:`save`."""
-        directory = Path(directory)
-        arrays, meta = load_arrays(
-            directory, "diagnosis", schema=SCHEMA, names=_ARRAYS, what="a diagnosis result"
-        )
-        return cls(
-            run_names=tuple(meta["run_names"]),
-            layers=tuple(meta["layers"]),
-            class_names=tuple(meta["class_names"]),
-            settings=meta["settings"],
-            **arrays,
-        )
+    def _fields_from_meta(cls, meta: Mapping[str, Any]) -> dict[str, Any]:
+        return {**super()._fields_from_meta(meta), "layers": tuple(meta["layers"]),
+                "class_names": tuple(meta["class_names"])}  # fmt: skip
 
 
 def run_diagnosis(

@@ -18,10 +18,8 @@ metrics and any intervention (their own modules), gradients.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -33,7 +31,7 @@ from tqdm.auto import tqdm
 
 from anchor_flow.errors import AnchorFlowError
 from anchor_flow.prompts import ICLPrompt, tokenize_prompts
-from anchor_flow.result_files import load_arrays, save_arrays
+from anchor_flow.result_files import StoredResult
 from anchor_flow.roles import PromptBatch
 from anchor_flow.tl_adapter import ModelAdapter, adapt, check_attention_hooks_live, frozen
 
@@ -42,11 +40,10 @@ __all__ = ["BatchHooks", "ICLResult", "prompt_batch", "run_icl"]
 SCHEMA = "anchor_flow.icl/1"
 BatchHooks = Callable[[Tensor, PromptBatch], Sequence[tuple[Any, Callable[..., Any]]]]
 """``f(rows, batch) -> hooks``: forward hooks for one batch of :func:`run_icl`."""
-_ARRAYS = ("label_probs", "gold", "top_tokens", "top_probs")
 
 
 @dataclass(frozen=True)
-class ICLResult:
+class ICLResult(StoredResult):
     """Label-word probabilities and top tokens at the target position of each prompt.
 
     Example:
@@ -69,6 +66,9 @@ class ICLResult:
     top_tokens: Int[Tensor, "prompt k"]
     top_probs: Float[Tensor, "prompt k"]
     settings: dict[str, Any] = field(default_factory=dict)
+
+    _STEM, _SCHEMA, _WHAT = "icl", SCHEMA, "an ICL result"
+    _ARRAYS = ("label_probs", "gold", "top_tokens", "top_probs")
 
     def __post_init__(self) -> None:
         if self.label_probs.ndim != 2 or self.top_tokens.ndim != 2 or self.gold.ndim != 1:
@@ -136,23 +136,6 @@ class ICLResult:
                 "prediction": self.predictions.numpy()[prompt],
             }
         )
-
-    def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write ``icl.npz`` and ``icl_meta.json`` into ``directory``, each atomically."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        arrays = {name: getattr(self, name).numpy() for name in _ARRAYS}
-        meta = {"schema": SCHEMA, "settings": self.settings}
-        save_arrays(directory, "icl", arrays, meta)
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> ICLResult:
-        """Read a result written by :meth:`save`."""
-        directory = Path(directory)
-        arrays, meta = load_arrays(
-            directory, "icl", schema=SCHEMA, names=_ARRAYS, what="an ICL result"
-        )
-        return cls(settings=meta["settings"], **arrays)
 
 
 def _touches_attention(adapter: ModelAdapter, hooks: Sequence[tuple[Any, Any]]) -> bool:

@@ -60,8 +60,8 @@ class InformationFlow:
 
     Example:
         >>> flow = InformationFlow(values=torch.rand(5, 3, 4))
-        >>> flow.normalised().sum(0)  # the three relative flows sum to 1 per layer
-        tensor([1., 1., 1., 1.])
+        >>> flow.normalised().sum(0).round(decimals=6).tolist()  # the three flows sum to 1
+        [1.0, 1.0, 1.0, 1.0]
 
     Attributes:
         values: ``[prompt, flow, layer]`` per-edge mean saliency, flows in ``PAPER_FLOWS``

@@ -17,19 +17,16 @@ Default ``k`` values (Δ scaled for small models): the paper's (1, 3, 5, 7), kee
 the random control is seeded (Δ the official one is not). Results of several seeds combine
 with :meth:`IsolationResult.concat`; means are over runs (seeds) with bootstrap intervals.
 
-Not here: plotting (:mod:`anchor_flow.plotting_experiments`), hooks (:mod:`anchor_flow.blocking`).
+Not here: plotting (:mod:`anchor_flow.plotting_experiments`), hooks (:mod:`anchor_flow.blocking`),
+the loyalty metrics shared with compression (:mod:`anchor_flow.loyalty`).
 """
 
 from __future__ import annotations
 
-import math
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
@@ -39,24 +36,14 @@ from tqdm.auto import tqdm
 from anchor_flow.blocking import BlockingError, BlockMode, isolation_hooks, layer_set
 from anchor_flow.errors import AnchorFlowError
 from anchor_flow.evaluation import BatchHooks, prompt_batch, run_icl
+from anchor_flow.loyalty import METRICS, LoyaltyResult, word_loyalty
 from anchor_flow.prompts import ICLPrompt
-from anchor_flow.result_files import load_arrays, save_arrays
 from anchor_flow.roles import PromptBatch
-from anchor_flow.stats import bootstrap_interval
 from anchor_flow.tl_adapter import adapt
 
-__all__ = [
-    "IsolationCondition",
-    "IsolationResult",
-    "default_layer_counts",
-    "label_loyalty",
-    "run_isolation",
-    "word_loyalty",
-]
+__all__ = ["IsolationCondition", "IsolationResult", "default_layer_counts", "run_isolation"]
 
 SCHEMA = "anchor_flow.isolation/1"
-METRICS = ("label_loyalty", "word_loyalty", "accuracy")
-_ARRAYS = ("baseline_predictions", "predictions", "word_jaccard", "gold", "run")
 
 
 def default_layer_counts(n_layers: int) -> tuple[int, ...]:
@@ -68,39 +55,6 @@ def default_layer_counts(n_layers: int) -> tuple[int, ...]:
     """
     kept = tuple(k for k in (1, 3, 5, 7) if k <= n_layers // 2)
     return kept if len(kept) >= 2 else tuple(range(1, n_layers // 2 + 1)) or (1,)
-
-
-def label_loyalty(
-    baseline: Int[Tensor, " prompt"], isolated: Int[Tensor, " prompt"]
-) -> Float[Tensor, " prompt"]:
-    """1.0 where the predicted class is the same with and without the intervention, else 0.0.
-
-    Example:
-        >>> label_loyalty(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1])).tolist()
-        [1.0, 0.0, 1.0]
-    """
-    return (baseline == isolated).double()
-
-
-def word_loyalty(
-    baseline_top: Int[Tensor, "prompt k"], isolated_top: Int[Tensor, "prompt k_isolated"]
-) -> Float[Tensor, " prompt"]:
-    """Jaccard similarity of the two top-k token sets of each prompt (order ignored).
-
-    Example:
-        >>> word_loyalty(torch.tensor([[1, 2, 3]]), torch.tensor([[3, 2, 9]])).tolist()
-        [0.5]
-    """
-    if baseline_top.shape[0] != isolated_top.shape[0]:
-        raise AnchorFlowError(
-            f"top-k tokens of {baseline_top.shape[0]} and {isolated_top.shape[0]} prompts; "
-            "expected the same prompts with and without the intervention"
-        )
-    out = []
-    for base, iso in zip(baseline_top.tolist(), isolated_top.tolist(), strict=True):
-        a, b = set(base), set(iso)
-        out.append(len(a & b) / len(a | b))
-    return torch.tensor(out, dtype=torch.float64)
 
 
 @dataclass(frozen=True)
@@ -118,7 +72,7 @@ class IsolationCondition:
 
 
 @dataclass(frozen=True)
-class IsolationResult:
+class IsolationResult(LoyaltyResult):
     """Per-prompt outcomes of every isolation condition and of the baseline.
 
     Example:
@@ -150,58 +104,12 @@ class IsolationResult:
     run_names: tuple[str, ...]
     settings: dict[str, Any] = field(default_factory=dict)
 
+    _STEM, _SCHEMA, _WHAT = "isolation", SCHEMA, "an isolation result"
+    _ARRAYS = ("baseline_predictions", "predictions", "word_jaccard", "gold", "run")
+
     def __post_init__(self) -> None:
-        n, c = self.baseline_predictions.shape[0], len(self.conditions)
-        shapes = {
-            "predictions": (tuple(self.predictions.shape), (c, n)),
-            "word_jaccard": (tuple(self.word_jaccard.shape), (c, n)),
-            "gold": (tuple(self.gold.shape), (n,)),
-            "run": (tuple(self.run.shape), (n,)),
-        }
-        bad = {k: got for k, (got, want) in shapes.items() if got != want}
-        if bad or n == 0:
-            raise AnchorFlowError(
-                f"IsolationResult with {c} conditions and {n} prompts got shapes {bad}; "
-                "expected [condition, prompt] and [prompt] (and at least one prompt)"
-            )
-        if n and not 0 <= int(self.run.min()) <= int(self.run.max()) < len(self.run_names):
-            raise AnchorFlowError(f"run indices must index run_names {self.run_names}")
-        for name in _ARRAYS:
-            object.__setattr__(self, name, getattr(self, name).detach().cpu())
-
-    @property
-    def n_prompts(self) -> int:
-        return int(self.baseline_predictions.shape[0])
-
-    @property
-    def n_runs(self) -> int:
-        return len(self.run_names)
-
-    def per_prompt(self, metric: str) -> Float[Tensor, "condition prompt"]:
-        """``"label_loyalty"``, ``"word_loyalty"`` or ``"accuracy"`` (NaN: gold unknown)."""
-        if metric == "label_loyalty":
-            return (self.predictions == self.baseline_predictions[None]).double()
-        if metric == "word_loyalty":
-            return self.word_jaccard.double()
-        if metric == "accuracy":
-            correct = (self.predictions == self.gold[None]).double()
-            return torch.where(self.gold[None] >= 0, correct, math.nan)
-        raise AnchorFlowError(f"metric={metric!r}; expected one of {METRICS}")
-
-    def baseline_accuracy(self) -> Float[Tensor, " prompt"]:
-        """Per prompt: the unblocked prediction is right (NaN where gold is unknown)."""
-        correct = (self.baseline_predictions == self.gold).double()
-        return torch.where(self.gold >= 0, correct, math.nan)
-
-    def _mean_and_interval(self, values: Tensor, level: float) -> tuple[Tensor, Tensor, Tensor]:
-        """Mean over runs of per-run means; CI over runs (>= 2 runs) or over prompts."""
-        per_run = torch.stack(
-            [values[..., self.run == r].nanmean(-1) for r in range(self.n_runs)]
-        )  # [run, ...]
-        mean = per_run.nanmean(0)
-        units = per_run if self.n_runs >= 2 else values.movedim(-1, 0)
-        low, high = bootstrap_interval(units, lambda v: v.nanmean(0), level=level)
-        return mean, low, high
+        self._check_outcome_shapes(len(self.conditions), "conditions", "condition")
+        self._detach_arrays()
 
     def summary_frame(self, *, level: float = 0.95) -> pd.DataFrame:
         """One row per (condition, metric), plus the baseline's accuracy: means over runs.
@@ -210,22 +118,19 @@ class IsolationResult:
         otherwise over prompts (column ``ci_over``).
         """
         rows = []
-        ci_over = "runs" if self.n_runs >= 2 else "prompts"
         for metric in METRICS:
-            mean, low, high = self._mean_and_interval(self.per_prompt(metric), level)
+            means = self._run_means(self.per_prompt(metric), level)
             for index, cond in enumerate(self.conditions):
                 rows.append(
                     {"control": cond.control, "position": cond.position,
-                     "n_layers": cond.n_layers, "metric": metric, "mean": float(mean[index]),
-                     "ci_low": float(low[index]), "ci_high": float(high[index])}
+                     "n_layers": cond.n_layers, "metric": metric, **means.row(index)}
                 )  # fmt: skip
-        mean, low, high = self._mean_and_interval(self.baseline_accuracy()[None], level)
-        rows.append(
-            {"control": "none", "position": "none", "n_layers": 0, "metric": "accuracy",
-             "mean": float(mean[0]), "ci_low": float(low[0]), "ci_high": float(high[0])}
-        )  # fmt: skip
+        means = self._run_means(self.baseline_accuracy()[None], level)
+        rows.append({"control": "none", "position": "none", "n_layers": 0, "metric": "accuracy",
+                     **means.row(0)})  # fmt: skip
         frame = pd.DataFrame(rows)
-        frame["ci_over"], frame["n_runs"], frame["n_prompts"] = ci_over, self.n_runs, self.n_prompts
+        frame["ci_over"] = means.ci_over
+        frame["n_runs"], frame["n_prompts"] = self.n_runs, self.n_prompts
         return frame
 
     def to_frame(self) -> pd.DataFrame:
@@ -250,51 +155,18 @@ class IsolationResult:
         }
 
     @classmethod
-    def concat(cls, results: Sequence[IsolationResult]) -> IsolationResult:
-        """Pool runs (e.g. seeds) with the same conditions; run names must differ."""
-        if not results:
-            raise AnchorFlowError("concat needs at least one IsolationResult; got none")
-        conditions = results[0].conditions
-        if any(r.conditions != conditions for r in results):
+    def _check_concat(cls, results: Sequence[IsolationResult], names: tuple[str, ...]) -> None:
+        if any(r.conditions != results[0].conditions for r in results):
             raise AnchorFlowError("cannot concat isolation results with different conditions")
-        names = tuple(name for r in results for name in r.run_names)
-        if len(set(names)) != len(names):
-            raise AnchorFlowError(f"run names must be unique across results; got {names}")
-        offsets = np.cumsum([0] + [r.n_runs for r in results])[:-1].tolist()
-        return cls(
-            conditions=conditions,
-            baseline_predictions=torch.cat([r.baseline_predictions for r in results]),
-            predictions=torch.cat([r.predictions for r in results], dim=1),
-            word_jaccard=torch.cat([r.word_jaccard for r in results], dim=1),
-            gold=torch.cat([r.gold for r in results]),
-            run=torch.cat([r.run + o for r, o in zip(results, offsets, strict=True)]),
-            run_names=names,
-            settings=dict(results[0].settings),
-        )
+        cls._check_unique_run_names(names)
 
-    def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write ``isolation.npz`` and ``isolation_meta.json`` into ``directory``, atomically."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        arrays = {name: getattr(self, name).numpy() for name in _ARRAYS}
-        meta = {
-            "schema": SCHEMA,
-            "settings": self.settings,
-            "run_names": list(self.run_names),
-            "conditions": [vars(c) for c in self.conditions],
-        }
-        save_arrays(directory, "isolation", arrays, meta)
+    def _meta(self) -> dict[str, Any]:
+        return {**super()._meta(), "conditions": [vars(c) for c in self.conditions]}
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> IsolationResult:
-        """Read a result written by :meth:`save`."""
-        directory = Path(directory)
-        arrays, meta = load_arrays(
-            directory, "isolation", schema=SCHEMA, names=_ARRAYS, what="an isolation result"
-        )
+    def _fields_from_meta(cls, meta: Mapping[str, Any]) -> dict[str, Any]:
         conditions = tuple(IsolationCondition(**c) for c in meta["conditions"])
-        return cls(conditions=conditions, run_names=tuple(meta["run_names"]),
-                   settings=meta["settings"], **arrays)  # fmt: skip
+        return {**super()._fields_from_meta(meta), "conditions": conditions}
 
 
 def run_isolation(

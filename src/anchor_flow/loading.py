@@ -5,7 +5,8 @@ Hugging Face checkpoint folder, or a hub name (only when the weights are reachab
 Weights are never processed in a way that changes saliency: ``fold_value_biases`` shifts
 A * dL/dA (TL_NOTES), so models are built from unprocessed weights.
 
-Deliberately not here: TransformerLens internals (see :mod:`anchor_flow.tl_adapter`).
+Deliberately not here: TransformerLens internals (see :mod:`anchor_flow.tl_adapter` and
+:mod:`anchor_flow.tl_build`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Literal
 
 import torch
 
-from anchor_flow import tl_adapter
+from anchor_flow import tl_adapter, tl_build
 from anchor_flow.errors import ModelLoadError, UnsupportedModelError
 
 __all__ = [
@@ -182,8 +183,8 @@ def from_hf_model(hf_model: Any, tokenizer: Any, *, tl_class: TLClass = "auto") 
         )
     name = str(getattr(hf_model.config, "name_or_path", "") or type(hf_model).__name__)
     if kind == "hooked":
-        return tl_adapter.build_hooked_transformer(hf_model.eval(), tokenizer, name=name)
-    return tl_adapter.build_bridge(hf_model.eval(), tokenizer, name=name)
+        return tl_build.build_hooked_transformer(hf_model.eval(), tokenizer, name=name)
+    return tl_build.build_bridge(hf_model.eval(), tokenizer, name=name)
 
 
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
@@ -286,7 +287,7 @@ def load_model(
         name = source if not is_folder or source in _BUILTIN_MODELS else Path(folder).name
         hf_model.config.name_or_path = name
         model = from_hf_model(hf_model, tokenizer, tl_class=kind)
-    tl_adapter.warn_if_value_biases_folded(model)
+    tl_build.warn_if_value_biases_folded(model)
     if check_hooks:
         tl_adapter.check_attention_hooks_live(model)
     return model

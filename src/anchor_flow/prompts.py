@@ -5,8 +5,10 @@ word, the query is ``format_s`` with an empty label, all joined by a single ``"\
 prompt ends at the label prefix's ``":"`` (the target position). :func:`tokenize_prompts`
 tokenizes the prompt one segment at a time (input prefix, text, label prefix, label word,
 separator), so the role of every token is known by construction: no string search and no
-trigram hashing as in the official code. It checks that the segments give the same tokens as
-the whole prompt string and refuses the prompt otherwise.
+trigram hashing as in the official code. Where the segments do not give the same tokens as the
+whole prompt string (SentencePiece tokenizers such as Llama-2's add a ``"▁"`` to every call),
+it tokenizes the whole string and takes the roles from character offsets instead
+(:mod:`anchor_flow.alignment`), refusing tokens that straddle two roles.
 
 Deliberately not here: datasets, demonstration sampling protocols and seeds (a later module);
 :func:`toy_prompts` only builds a small offline toy set for examples and tests.
@@ -23,12 +25,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from anchor_flow import alignment
 from anchor_flow.errors import ContextLengthError, LabelWordError, PromptError
 from anchor_flow.roles import (
     PromptBatch,
     Role,
-    RowBuilder,
-    check_whole_string,
+    TokenCache,
     label_word_tokens,
     resolve_bos,
     stack_rows,
@@ -285,7 +287,12 @@ def tokenize_prompts(
     max_length: int | None = None,
     pad_token_id: int | None = None,
 ) -> PromptBatch:
-    """Tokenize prompts segment by segment into a right-padded :class:`PromptBatch`.
+    """Tokenize prompts into a right-padded :class:`PromptBatch` with exact token roles.
+
+    Segment by segment where that gives the whole prompt's tokens (GPT-2 style byte-level BPE);
+    otherwise, with a fast tokenizer, from the whole prompt's character offsets (SentencePiece
+    style, e.g. Llama-2; see :mod:`anchor_flow.alignment` for the rule at segment boundaries).
+    Label-token ids are then the tokens a label word gets right after the prompt.
 
     Example:
         >>> from anchor_flow.toy import build_toy_tokenizer
@@ -305,10 +312,12 @@ def tokenize_prompts(
         pad_token_id: pad id; default the tokenizer's pad, else EOS, else 0.
 
     Raises:
-        PromptError: no prompts, mixed class counts, or segments that tokenize differently
-            from the whole prompt string.
-        LabelWordError: a label word that is multi-token under "single", empty, or shares its
-            first token with another class's.
+        PromptError: no prompts, mixed class counts, segments that tokenize differently from
+            the whole prompt string with a slow tokenizer (no offsets), or a token that lies in
+            two segments of different roles.
+        LabelWordError: a label word that is multi-token under "single", empty, shares its
+            first token with another class's, merges with the target token, or is tokenized
+            differently in two places (demonstrations, after the prompt, other prompts).
         ContextLengthError: a prompt longer than ``max_length``.
     """
     if label_token_policy not in ("single", "first", "all"):
@@ -324,59 +333,58 @@ def tokenize_prompts(
                 f"prompt {i} has {len(p.label_words)} classes {p.label_words!r} but prompt 0 has "
                 f"{n_classes} {prompts[0].label_words!r}; one batch needs one number of classes"
             )
-    cache: dict[str, list[int]] = {}
-    decoded: dict[int, str] = {}
-
-    def encode(s: str) -> list[int]:
-        if s not in cache:
-            cache[s] = (
-                [int(t) for t in tokenizer(s, add_special_tokens=False)["input_ids"]] if s else []
-            )
-        return cache[s]
-
-    def decode(token: int) -> str:
-        if token not in decoded:
-            decoded[token] = str(tokenizer.decode([token]))
-        return decoded[token]
-
+    codec = TokenCache(tokenizer)
+    encode, decode = codec.encode, codec.decode
     bos = resolve_bos(tokenizer, prepend_bos)
     if max_length is None:
         limit = getattr(tokenizer, "model_max_length", None)
         max_length = limit if isinstance(limit, int) and limit < 1e6 else None
     words_ids: dict[tuple[str, ...], list[list[int]]] = {}
-    rows = []
+    seen: dict[str, tuple[list[int], int]] = {}
+    rows, label_ids = [], []
     for i, p in enumerate(prompts):
-        if p.label_words not in words_ids:
-            words_ids[p.label_words] = label_word_tokens(
-                p.label_words, encode, label_token_policy, decode
+        t, text = p.template, p.text()
+        segments = alignment.prompt_segments(
+            t.input_prefix,
+            t.text_lead,
+            t.label_prefix,
+            t.separator,
+            p.label_words,
+            [(d.text, _class_of(d)) for d in p.demonstrations],
+            p.query.text,
+        )
+        pieces = [encode(s.text) for s in segments]
+        whole = [int(tok) for tok in tokenizer(text, add_special_tokens=False)["input_ids"]]
+        flat = [tok for ids in pieces for tok in ids]
+        # SentencePiece tokenizers may give a word alone a "▁" it does not get after ":".
+        if flat == whole and all(codec.keeps_tokens(t.label_prefix, w) for w in p.label_words):
+            if p.label_words not in words_ids:
+                words_ids[p.label_words] = label_word_tokens(
+                    p.label_words, encode, label_token_policy, decode
+                )
+            row = alignment.segment_row(i, segments, pieces, label_token_policy, bos)
+            words = words_ids[p.label_words]
+        else:
+            row, words = alignment.align_prompt(
+                i,
+                text,
+                segments,
+                p.label_words,
+                tokenizer,
+                label_token_policy,
+                bos,
+                mismatch=alignment.segment_mismatch(i, flat, whole, decode),
             )
-        row, t, n_demos = RowBuilder(), p.template, len(p.demonstrations)
-        if bos is not None:
-            row.add([bos], Role.BOS, -1)
-        for d, ex in enumerate(p.demonstrations):
-            label = _class_of(ex)
-            word = words_ids[p.label_words][label]
-            rest = Role.LABEL if label_token_policy == "all" else Role.LABEL_REST
-            row.add(encode(t.input_prefix), Role.FORMAT, d)
-            row.add(encode(t.text_lead + ex.text), Role.TEXT, d)
-            row.add(encode(t.label_prefix), Role.FORMAT, d)
-            row.add(word, [Role.LABEL] + [rest] * (len(word) - 1), d, label)
-            row.add(encode(t.separator), Role.FORMAT, d)
-        row.add(encode(t.input_prefix), Role.FORMAT, n_demos)
-        row.add(encode(t.text_lead + p.query.text), Role.TEXT, n_demos)
-        prefix = encode(t.label_prefix)
-        if not prefix:
-            raise PromptError(
-                f"prompt {i}: label prefix {t.label_prefix!r} is 0 tokens for this tokenizer"
-            )
-        row.add(prefix, [Role.FORMAT] * (len(prefix) - 1) + [Role.TARGET], n_demos)
-        check_whole_string(i, p.text(), row.tokens[0 if bos is None else 1 :], tokenizer, decode)
+        alignment.check_same_label_ids(
+            seen, i, p.label_words, words, alignment.token_piece(tokenizer)
+        )
         if max_length is not None and len(row.tokens) > max_length:
             raise ContextLengthError(
                 f"prompt {i} is {len(row.tokens)} tokens, longer than the context length "
                 f"{max_length} (max_length); use fewer demonstrations or shorter texts"
             )
         rows.append(row)
+        label_ids.append([w[0] for w in words])
     if pad_token_id is None:
         for name in ("pad_token_id", "eos_token_id"):
             if (pad_token_id := getattr(tokenizer, name, None)) is not None:
@@ -384,7 +392,7 @@ def tokenize_prompts(
     return stack_rows(
         rows,
         pad_token_id=int(pad_token_id) if pad_token_id is not None else 0,
-        label_token_ids=[[w[0] for w in words_ids[p.label_words]] for p in prompts],
+        label_token_ids=label_ids,
         gold=[-1 if p.query.label is None else p.query.label for p in prompts],
         str_tokens=tuple(tuple(decode(tok) for tok in r.tokens) for r in rows),
     )

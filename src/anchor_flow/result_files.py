@@ -4,6 +4,8 @@ Every result class (ICL, isolation, deep layers, re-weighting, diagnosis, compre
 through here, so all writes are atomic (a temporary file in the same folder renamed into
 place: a later run never trusts a half-written file) and all reads fail with one kind of
 :class:`~anchor_flow.errors.ResultsError` that names the folder and the expected files.
+:class:`StoredResult` gives a result dataclass its ``save``/``load`` from a few class
+attributes (file stem, schema, tensor fields).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -21,7 +23,7 @@ from torch import Tensor
 
 from anchor_flow.errors import ResultsError
 
-__all__ = ["load_arrays", "save_arrays", "write_atomic"]
+__all__ = ["StoredResult", "load_arrays", "save_arrays", "write_atomic"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -97,3 +99,51 @@ def load_arrays(
             f"{str(directory)!r} holds schema {meta.get('schema')!r}; expected {schema!r}"
         )
     return arrays, meta
+
+
+StoredT = TypeVar("StoredT", bound="StoredResult")
+
+
+class StoredResult:
+    """Mixin of frozen result dataclasses stored as ``<stem>.npz`` and ``<stem>_meta.json``.
+
+    A subclass names its files (``_STEM``, e.g. ``"deep"``), its ``_SCHEMA``, its tensor
+    fields (``_ARRAYS``) and itself in errors (``_WHAT``, e.g. ``"a deep-layer result"``);
+    its other fields travel in the JSON file through :meth:`_meta` and
+    :meth:`_fields_from_meta`. The JSON file holds ``schema``, ``settings`` and then those.
+    """
+
+    _STEM: ClassVar[str]
+    _SCHEMA: ClassVar[str]
+    _ARRAYS: ClassVar[tuple[str, ...]]
+    _WHAT: ClassVar[str]
+    settings: dict[str, Any]
+
+    def _meta(self) -> dict[str, Any]:
+        """The JSON-safe fields besides the tensors and ``settings``."""
+        return {}
+
+    @classmethod
+    def _fields_from_meta(cls, meta: Mapping[str, Any]) -> dict[str, Any]:
+        """The constructor arguments :meth:`_meta` wrote."""
+        return {}
+
+    def _detach_arrays(self) -> None:
+        """Keep detached CPU copies of the tensor fields (for ``__post_init__``)."""
+        for name in self._ARRAYS:
+            object.__setattr__(self, name, getattr(self, name).detach().cpu())
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """Write ``<stem>.npz`` and ``<stem>_meta.json`` into ``directory``, each atomically."""
+        arrays = {name: getattr(self, name).numpy() for name in self._ARRAYS}
+        meta = {"schema": self._SCHEMA, "settings": self.settings, **self._meta()}
+        save_arrays(directory, self._STEM, arrays, meta)
+
+    @classmethod
+    def load(cls: type[StoredT], directory: str | os.PathLike[str]) -> StoredT:
+        """Read a result written by :meth:`save`."""
+        arrays, meta = load_arrays(
+            directory, cls._STEM, schema=cls._SCHEMA, names=cls._ARRAYS, what=cls._WHAT
+        )
+        build: Callable[..., StoredT] = cls
+        return build(settings=meta["settings"], **cls._fields_from_meta(meta), **arrays)

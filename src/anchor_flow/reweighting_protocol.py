@@ -15,10 +15,8 @@ Deliberately not here: the betas and their hooks (:mod:`anchor_flow.reweighting`
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -29,7 +27,7 @@ from torch import Tensor
 
 from anchor_flow.evaluation import run_icl
 from anchor_flow.prompts import Example, ICLPrompt, tokenize_prompts
-from anchor_flow.result_files import load_arrays, save_arrays
+from anchor_flow.result_runs import PooledResult
 from anchor_flow.reweighting import (
     AnchorReweighting,
     ReweightingError,
@@ -37,7 +35,6 @@ from anchor_flow.reweighting import (
     fit_reweighting,
 )
 from anchor_flow.sampling import build_prompts, sample_demonstrations, sample_test
-from anchor_flow.stats import bootstrap_interval
 from anchor_flow.tasks import Task
 from anchor_flow.tl_adapter import adapt
 
@@ -51,12 +48,11 @@ __all__ = [
 
 SCHEMA = "anchor_flow.reweighting/1"
 CONDITIONS = ("vanilla 1-shot", "vanilla k-shot", "re-weighted")
-_ARRAYS = ("predictions", "gold", "run", "betas", "losses")
 Policy = Literal["single", "first", "all"]
 
 
 @dataclass(frozen=True)
-class ReweightingResult:
+class ReweightingResult(PooledResult):
     """Table 1 for one or more runs (seeds): predictions of the three conditions, the betas.
 
     Example:
@@ -85,6 +81,11 @@ class ReweightingResult:
     losses: Float[Tensor, "run epoch_plus_one"]
     settings: dict[str, Any] = field(default_factory=dict)
 
+    _STEM, _SCHEMA, _WHAT = "reweighting", SCHEMA, "a re-weighting result"
+    _ARRAYS = ("predictions", "gold", "run", "betas", "losses")
+    _ERROR = ReweightingError
+    _ON_AXIS_1 = ("predictions", "gold")
+
     def __post_init__(self) -> None:
         n = self.predictions.shape[-1] if self.predictions.ndim else 0
         r = len(self.run_names)
@@ -110,12 +111,7 @@ class ReweightingResult:
                 f"[{len(CONDITIONS)}, prompt], run [prompt] indexing run_names, betas [run, layer, "
                 "head, class], losses [run, epoch + 1], and at least one prompt"
             )
-        for name in _ARRAYS:
-            object.__setattr__(self, name, getattr(self, name).detach().cpu())
-
-    @property
-    def n_runs(self) -> int:
-        return len(self.run_names)
+        self._detach_arrays()
 
     def correct(self) -> Tensor:
         """``[condition, prompt]``: 1.0 where the prediction is right, NaN where gold is unknown."""
@@ -132,19 +128,15 @@ class ReweightingResult:
 
     def summary_frame(self, *, level: float = 0.95) -> pd.DataFrame:
         """Accuracy per condition: mean over runs; bootstrap CI over runs (>= 2) or prompts."""
-        values = self.correct()
-        per_run = torch.stack([values[:, self.run == r].nanmean(-1) for r in range(self.n_runs)])
-        units = per_run if self.n_runs >= 2 else values.T
-        low, high = bootstrap_interval(units, lambda v: v.nanmean(0), level=level)
-        mean = per_run.nanmean(0)
+        means = self._run_means(self.correct(), level)
         return pd.DataFrame(
             {
                 "condition": CONDITIONS,
                 "metric": "accuracy",
-                "mean": mean.numpy(),
-                "ci_low": low.numpy(),
-                "ci_high": high.numpy(),
-                "ci_over": "runs" if self.n_runs >= 2 else "prompts",
+                "mean": means.mean.numpy(),
+                "ci_low": means.ci_low.numpy(),
+                "ci_high": means.ci_high.numpy(),
+                "ci_over": means.ci_over,
                 "n_runs": self.n_runs,
                 "n_prompts": int(self.run.shape[0]),
             }
@@ -181,42 +173,11 @@ class ReweightingResult:
         }
 
     @classmethod
-    def concat(cls, results: Sequence[ReweightingResult]) -> ReweightingResult:
-        """Pool runs (e.g. seeds); run names must differ and beta shapes agree."""
-        if not results:
-            raise ReweightingError("concat needs at least one ReweightingResult; got none")
-        names = tuple(n for r in results for n in r.run_names)
+    def _check_concat(cls, results: Sequence[ReweightingResult], names: tuple[str, ...]) -> None:
         if len(set(names)) != len(names) or len({tuple(r.betas.shape[1:]) for r in results}) != 1:
             raise ReweightingError(
                 f"cannot concat runs {names}: expected unique run names and one beta shape"
             )
-        offsets = np.cumsum([0] + [r.n_runs for r in results])[:-1].tolist()
-        return cls(
-            predictions=torch.cat([r.predictions for r in results], 1),
-            gold=torch.cat([r.gold for r in results], 1),
-            run=torch.cat([r.run + o for r, o in zip(results, offsets, strict=True)]),
-            run_names=names,
-            betas=torch.cat([r.betas for r in results]),
-            losses=torch.cat([r.losses for r in results]),
-            settings=dict(results[0].settings),
-        )
-
-    def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write ``reweighting.npz`` and ``reweighting_meta.json`` into ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        arrays = {name: getattr(self, name).numpy() for name in _ARRAYS}
-        meta = {"schema": SCHEMA, "settings": self.settings, "run_names": list(self.run_names)}
-        save_arrays(directory, "reweighting", arrays, meta)
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> ReweightingResult:
-        """Read a result written by :meth:`save`."""
-        directory = Path(directory)
-        arrays, meta = load_arrays(
-            directory, "reweighting", schema=SCHEMA, names=_ARRAYS, what="a re-weighting result"
-        )
-        return cls(run_names=tuple(meta["run_names"]), settings=meta["settings"], **arrays)
 
 
 @dataclass(frozen=True)

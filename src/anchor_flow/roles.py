@@ -197,14 +197,40 @@ class PromptBatch:
 # Building blocks of anchor_flow.prompts.tokenize_prompts (kept here for file size; not public).
 
 
+class TokenCache:
+    """A tokenizer's ``encode`` (no special tokens) and one-token ``decode``, memoised."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._ids: dict[str, list[int]] = {}
+        self._strings: dict[int, str] = {}
+
+    def encode(self, s: str) -> list[int]:
+        if s not in self._ids:
+            ids = self.tokenizer(s, add_special_tokens=False)["input_ids"] if s else []
+            self._ids[s] = [int(t) for t in ids]
+        return self._ids[s]
+
+    def keeps_tokens(self, prefix: str, word: str) -> bool:
+        """Whether ``word`` has the same tokens after ``prefix`` as alone."""
+        return self.encode(prefix + word) == self.encode(prefix) + self.encode(word)
+
+    def decode(self, token: int) -> str:
+        if token not in self._strings:
+            self._strings[token] = str(self.tokenizer.decode([token]))
+        return self._strings[token]
+
+
 class RowBuilder:
     """Accumulates one prompt's tokens with their role, demonstration and class."""
 
-    def __init__(self) -> None:
+    def __init__(self, bos: int | None = None) -> None:
         self.tokens: list[int] = []
         self.roles: list[int] = []
         self.demo_index: list[int] = []
         self.label_class: list[int] = []
+        if bos is not None:
+            self.add([bos], Role.BOS, -1)
 
     def add(self, ids: list[int], roles: Role | list[Role], demo: int, label: int = -1) -> None:
         self.tokens.extend(ids)
@@ -262,7 +288,13 @@ def label_word_tokens(
     decode: Callable[[int], str],
 ) -> list[list[int]]:
     """Token ids of each label word, refusing words the policy or the classes cannot use."""
-    ids = [encode(w) for w in words]
+    return check_label_words(words, [encode(w) for w in words], policy, decode)
+
+
+def check_label_words(
+    words: tuple[str, ...], ids: list[list[int]], policy: str, decode: Callable[[int], str]
+) -> list[list[int]]:
+    """``ids`` (the tokens of each label word) if the policy and the classes can use them."""
     for word, toks in zip(words, ids, strict=True):
         if not toks:
             raise LabelWordError(f"label word {word!r} is 0 tokens for this tokenizer")
@@ -281,24 +313,3 @@ def label_word_tokens(
                     f"choose label words whose first tokens differ"
                 )
     return ids
-
-
-def check_whole_string(
-    index: int, text: str, tokens: list[int], tokenizer: Any, decode: Callable[[int], str]
-) -> None:
-    """Refuse a prompt whose segments merge across a boundary (its roles would be wrong)."""
-    whole = [int(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
-    if whole == tokens:
-        return
-    at = next(
-        (k for k, (a, b) in enumerate(zip(tokens, whole, strict=False)) if a != b),
-        min(len(tokens), len(whole)),
-    )
-    seg = decode(tokens[at]) if at < len(tokens) else "<end>"
-    ful = decode(whole[at]) if at < len(whole) else "<end>"
-    raise PromptError(
-        f"prompt {index}: tokenizing segment by segment gives token {at} = {seg!r}, but the "
-        f"whole prompt text gives {ful!r}; a template piece and a text merge into one token "
-        f"(e.g. a text ending without the separator the template expects, or a tokenizer that "
-        f"adds a prefix space to every call); change the template or the texts"
-    )

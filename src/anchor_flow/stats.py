@@ -4,6 +4,10 @@ Percentile bootstrap over the first axis, seeded, so an interval is reproducible
 for statistics that are not plain means (e.g. the paper's per-layer normalisation, which
 divides means by their sum).
 
+:func:`run_means` is the summary every pooled result reports: the mean over runs (seeds) of
+per-run means, with the bootstrap interval over runs when there are at least two, otherwise
+over prompts.
+
 ROC-AUC is the Mann-Whitney statistic (ties count 1/2), written here so that the package
 needs no scikit-learn: :func:`roc_auc` for a binary problem and :func:`roc_auc_ovo` for the
 macro one-vs-one multi-class AUC of Hand & Till (2001), what scikit-learn's
@@ -14,13 +18,16 @@ them is :mod:`anchor_flow.deep`'s business.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from anchor_flow.errors import AnchorFlowError
 
-__all__ = ["bootstrap_interval", "roc_auc", "roc_auc_ovo", "spearman"]
+__all__ = ["RunMeans", "bootstrap_interval", "roc_auc", "roc_auc_ovo", "run_means", "spearman"]
 
 
 def bootstrap_interval(
@@ -64,6 +71,61 @@ def bootstrap_interval(
     quantiles = torch.tensor([alpha, 1.0 - alpha], dtype=samples.dtype)
     low, high = torch.nanquantile(samples, quantiles, dim=0)
     return low, high
+
+
+@dataclass(frozen=True)
+class RunMeans:
+    """What :func:`run_means` returns: the means and their percentile bootstrap interval.
+
+    Attributes:
+        mean: mean over runs of the per-run means (NaN-aware), shaped like one column of
+            the values without the prompt axis.
+        ci_low, ci_high: the interval's bounds, shaped like ``mean``.
+        ci_over: the bootstrap's units, ``"runs"`` (at least two runs) or ``"prompts"``.
+    """
+
+    mean: Tensor
+    ci_low: Tensor
+    ci_high: Tensor
+    ci_over: Literal["runs", "prompts"]
+
+    def row(self, index: int) -> dict[str, float]:
+        """``{"mean", "ci_low", "ci_high"}`` of entry ``index`` as floats, for a frame's row."""
+        return {
+            "mean": float(self.mean[index]),
+            "ci_low": float(self.ci_low[index]),
+            "ci_high": float(self.ci_high[index]),
+        }
+
+
+def run_means(
+    values: Float[Tensor, "*outcome prompt"],
+    run: Int[Tensor, " prompt"],
+    n_runs: int,
+    *,
+    level: float = 0.95,
+) -> RunMeans:
+    """Mean over runs (seeds) of the per-run means of ``values``, with a bootstrap interval.
+
+    Each run weighs the same however many prompts it has. The interval resamples the runs'
+    means when there are at least two runs, otherwise the prompts; NaN values (e.g. accuracy
+    where the gold label is unknown) are left out of every mean.
+
+    Example:
+        >>> summary = run_means(torch.tensor([[1.0, 0.0, 1.0, 1.0]]), torch.tensor([0, 0, 1, 1]), 2)
+        >>> summary.mean.tolist(), summary.ci_over
+        ([0.75], 'runs')
+
+    Args:
+        values: ``[..., prompt]`` per-prompt values.
+        run: ``[prompt]`` each prompt's run index in ``0 .. n_runs - 1``.
+        n_runs: the number of runs.
+        level: coverage of the interval.
+    """
+    per_run = torch.stack([values[..., run == r].nanmean(-1) for r in range(n_runs)])
+    units = per_run if n_runs >= 2 else values.movedim(-1, 0)
+    low, high = bootstrap_interval(units, lambda v: v.nanmean(0), level=level)
+    return RunMeans(per_run.nanmean(0), low, high, "runs" if n_runs >= 2 else "prompts")
 
 
 def _average_ranks(values: Tensor) -> Tensor:

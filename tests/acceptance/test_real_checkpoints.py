@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from anchor_flow import tl_adapter
+from anchor_flow import tl_adapter, tl_build
 from anchor_flow.loading import load_model
 
 pytestmark = pytest.mark.slow
@@ -47,7 +47,7 @@ def test_gpt2_dims_and_live_hooks(gpt2: Any) -> None:
 def test_gpt2_unprocessed_and_sensible(gpt2: Any) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert tl_adapter.warn_if_value_biases_folded(gpt2) is False
+        assert tl_build.warn_if_value_biases_folded(gpt2) is False
     adapter = tl_adapter.adapt(gpt2)
     tokens = adapter.tokenizer(" The capital of France is", return_tensors="pt")["input_ids"]
     with torch.no_grad():

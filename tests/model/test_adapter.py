@@ -1,5 +1,5 @@
 """tl_adapter on tiny models of every installed TL class: dims, hooks, forward variants,
-freezing, the liveness probe and the value-bias check."""
+freezing, the liveness probe, and tl_build's value-bias check."""
 
 from __future__ import annotations
 
@@ -11,12 +11,8 @@ import torch
 
 from anchor_flow import tl_adapter
 from anchor_flow.errors import DeadAttentionHooksError, UnsupportedModelError
-from anchor_flow.tl_adapter import (
-    adapt,
-    check_attention_hooks_live,
-    frozen,
-    warn_if_value_biases_folded,
-)
+from anchor_flow.tl_adapter import adapt, check_attention_hooks_live, frozen
+from anchor_flow.tl_build import warn_if_value_biases_folded
 from conftest import TL_CLASSES, assert_no_hooks, fold_value_biases
 
 TOKENS = torch.tensor([[5, 17, 300, 42, 7, 99, 250], [1, 2, 3, 4, 5, 6, 7]])

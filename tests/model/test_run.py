@@ -196,8 +196,9 @@ def test_other_settings_in_the_same_folder_are_refused_unless_restart(tmp_path: 
 
 
 def test_a_resumed_run_may_change_the_compression_engine(tmp_path: Path) -> None:
-    model = load_model("demo")
-    config = RunConfig(seeds=(42,), n_examples=4, experiments=("deep",))
+    # planted-anchor: learned positions, so TL 3.x's HookedTransformer can run the cache.
+    model = load_model("planted-anchor")
+    config = RunConfig(task="synthetic-k3", seeds=(42,), n_examples=4, experiments=("deep",))
     run_experiments(model, tmp_path, config, progress=False)
     other = replace(config, compression_engine="cache", experiments=("deep", "compression"),
                     top_trials=1, speed_queries=1)  # fmt: skip

@@ -11,7 +11,8 @@ from anchor_flow.errors import AnchorFlowError, DeadAttentionHooksError
 from anchor_flow.loading import from_hf_model
 from anchor_flow.prompts import Example, ICLPrompt, Template, tokenize_prompts, toy_prompts
 from anchor_flow.saliency import run_saliency
-from anchor_flow.tl_adapter import adapt, warn_if_value_biases_folded
+from anchor_flow.tl_adapter import adapt
+from anchor_flow.tl_build import warn_if_value_biases_folded
 from conftest import TL_CLASSES, assert_no_hooks, fold_value_biases, make_tiny_hf_gpt2
 
 

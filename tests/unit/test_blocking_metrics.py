@@ -18,13 +18,8 @@ from anchor_flow.blocking import (
 )
 from anchor_flow.deep import DeepResult
 from anchor_flow.errors import AnchorFlowError, ResultsError
-from anchor_flow.isolation import (
-    IsolationCondition,
-    IsolationResult,
-    default_layer_counts,
-    label_loyalty,
-    word_loyalty,
-)
+from anchor_flow.isolation import IsolationCondition, IsolationResult, default_layer_counts
+from anchor_flow.loyalty import label_loyalty, word_loyalty
 from anchor_flow.prompts import tokenize_prompts, toy_prompts
 from anchor_flow.roles import Role
 

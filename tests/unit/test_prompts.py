@@ -195,10 +195,12 @@ def test_segments_equal_whole_string(toy_tok, data):
 
 
 def test_segments_that_merge_are_refused(toy_tok):
+    # Segment-wise tokenization differs, so the roles come from offsets (anchor_flow.alignment);
+    # " wonderful" straddles the query's text and its label prefix: refused, never guessed.
     glued = sentiment_prompt([], query="a wonder", label_prefix="ful\nSentiment:")
     message = (
-        "prompt 0: tokenizing segment by segment gives token 3 = ' wonder', but the whole "
-        "prompt text gives ' wonderful'; a template piece and a text merge into one token"
+        "prompt 0: token 3 'Ġwonderful' (characters 9..19, ' wonderful') lies in both the text "
+        "of the query and the label prefix of the query, whose tokens get different roles"
     )
     with pytest.raises(PromptError, match=re.escape(message)):
         tokenize_prompts([glued], toy_tok)
