@@ -14,7 +14,7 @@ under ``torch.no_grad`` with logits at every position (as the paper's script), w
   it on this hardware;
 
 and prints full / compressed next to the paper's GPT2-XL speed-up, the FLOP-ideal ratio
-(:func:`anchor_flow.compression_speed.flop_ideal_ratio`: attention + MLP multiply-adds of the
+(:func:`anchor_flow.speedup_result.flop_ideal_ratio`: attention + MLP multiply-adds of the
 full prompt over those of the query with its cache), the floor ratio (full / floor), the
 GEMM-bound ratio and the measured speed-up as a share of each (``/ideal``, ``/floor``,
 ``/gemm``).
@@ -103,7 +103,8 @@ def measure(
 ) -> list[dict]:
     import torch
 
-    from anchor_flow.compression_speed import SpeedupResult, measure_token_speedup
+    from anchor_flow.compression_speed import measure_token_speedup
+    from anchor_flow.speedup_result import SpeedupResult
 
     generator = torch.Generator().manual_seed(0)
     results = []

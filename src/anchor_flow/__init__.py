@@ -25,12 +25,7 @@ from anchor_flow.compression import (
 )
 from anchor_flow.compression_baselines import CompressionResult, run_compression
 from anchor_flow.compression_positions import anchor_positions, context_end
-from anchor_flow.compression_speed import (
-    SpeedupResult,
-    flop_ideal_ratio,
-    measure_speedup,
-    measure_token_speedup,
-)
+from anchor_flow.compression_speed import measure_speedup, measure_token_speedup
 from anchor_flow.data import TaskData, load_task_data, read_examples, save_task_data
 from anchor_flow.deep import DeepResult, run_deep
 from anchor_flow.diagnosis import DiagnosisResult, run_diagnosis
@@ -86,6 +81,7 @@ from anchor_flow.sampling import (
     sample_test,
     task_prompts,
 )
+from anchor_flow.speedup_result import SpeedupResult, flop_ideal_ratio
 from anchor_flow.synthetic import bag_of_words_accuracy, synthetic_prompts
 from anchor_flow.tasks import Task, TaskError, get_task, load_task_file, register_task, task_names
 

@@ -3,7 +3,7 @@
 * :func:`plot_compression`: Table 2 as grouped bars: one group per method (ICL, Text_anchor,
   Hidden_random, Hidden_random-top, Hidden_anchor), one bar per metric (label loyalty, word
   loyalty, accuracy), whiskers = bootstrap interval.
-* :func:`plot_speedup`: a :class:`~anchor_flow.compression_speed.SpeedupResult` (measured,
+* :func:`plot_speedup`: a :class:`~anchor_flow.speedup_result.SpeedupResult` (measured,
   amortised, floor and FLOP-ideal ratios) or named series vs demonstration length, with the
   paper's GPT2-XL / GPT-J points.
 
@@ -18,8 +18,8 @@ from typing import Any
 import plotly.graph_objects as go
 
 from anchor_flow.compression_baselines import METRICS, CompressionResult
-from anchor_flow.compression_speed import SpeedupResult
 from anchor_flow.errors import AnchorFlowError
+from anchor_flow.speedup_result import SpeedupResult
 
 __all__ = ["METHOD_NAMES", "PAPER_SPEEDUPS", "plot_compression", "plot_speedup"]
 
@@ -82,7 +82,7 @@ def plot_speedup(
 ) -> go.Figure:
     """Speed-up (full prompt time / compressed query time) vs demonstration length.
 
-    Given a :class:`~anchor_flow.compression_speed.SpeedupResult`: the measured speed-up
+    Given a :class:`~anchor_flow.speedup_result.SpeedupResult`: the measured speed-up
     (cache build excluded, as the paper), the amortised one, the floor (query alone) and the
     FLOP-ideal ratio per group. A mapping ``name -> (lengths, speed-ups)`` of series (e.g.
     several models) is drawn as given, with ``ideal`` dashed.

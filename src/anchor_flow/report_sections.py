@@ -314,8 +314,8 @@ _SPEED = (
 
 
 def _speed_section(folder: str) -> ReportSection:
-    from anchor_flow.compression_speed import SpeedupResult
     from anchor_flow.plotting_compression import plot_speedup
+    from anchor_flow.speedup_result import SpeedupResult
 
     result = SpeedupResult.load(folder)
     return ReportSection("Compression speed-up vs demonstration length", plot_speedup(result),

@@ -12,15 +12,11 @@ import pytest
 import torch
 
 from anchor_flow.compression import CompressionError
-from anchor_flow.compression_speed import (
-    SpeedupResult,
-    flop_ideal_ratio,
-    measure_speedup,
-    measure_token_speedup,
-)
+from anchor_flow.compression_speed import measure_speedup, measure_token_speedup
 from anchor_flow.errors import ResultsError
 from anchor_flow.plotting_compression import plot_speedup
 from anchor_flow.prompts import ICLPrompt, toy_prompts
+from anchor_flow.speedup_result import SpeedupResult, flop_ideal_ratio
 
 COLUMNS = ["demo_length", "query_length", "full_ms", "compressed_ms", "build_ms", "speedup",
            "amortised_speedup", "floor_ratio", "flop_ideal", "of_ideal", "of_floor"]  # fmt: skip
