@@ -4,6 +4,7 @@ top to bottom against the offline demo model (each notebook's default)."""
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -55,6 +56,9 @@ def test_notebook_is_stripped(path):
         if cell.outputs or cell.execution_count is not None
     ]
     assert not dirty, f"{path.name} was committed with outputs in code cells {dirty}; strip them"
+    ids = [cell.get("id") for cell in json.loads(path.read_text())["cells"]]  # raw: no repair
+    assert None not in ids, f"{path.name} has cells without an id (nbformat 4.5 requires one)"
+    assert len(set(ids)) == len(ids), f"{path.name} has duplicate cell ids"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
