@@ -52,6 +52,7 @@ from anchor_flow.compression_cache import (
     CompressedContext,
     PositionPolicy,
     compress_context,
+    compressed_final_logits,
     compressed_logits,
 )
 from anchor_flow.compression_positions import (
@@ -78,6 +79,7 @@ __all__ = [
     "PositionPolicy",
     "anchor_positions",
     "compress_context",
+    "compressed_final_logits",
     "compressed_logits",
     "compression_mask",
     "context_end",
@@ -169,9 +171,9 @@ def _evaluate(
             for i in range(0, len(rows), batch_size):
                 chunk = rows[i : i + batch_size]
                 query = query_batch(batch, chunk, end)
-                logits = compressed_logits(adapter, context, query.tokens, extra_hooks=extra_hooks)
-                picked = torch.arange(len(chunk), device=logits.device)
-                final = logits[picked, query.target_position.to(logits.device)]
+                final = compressed_final_logits(
+                    adapter, context, query.tokens, query.target_position, extra_hooks=extra_hooks
+                )
                 store([s] * len(chunk), chunk, final, query.label_token_ids)
     # Similar lengths share a forward (less padding), as in run_icl.
     lengths = batch.lengths.tolist()

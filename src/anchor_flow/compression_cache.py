@@ -33,13 +33,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from anchor_flow.compression_positions import CompressionError
-from anchor_flow.tl_adapter import adapt, frozen
+from anchor_flow.tl_adapter import ModelAdapter, adapt, frozen
 
 __all__ = [
     "POSITION_POLICIES",
     "CompressedContext",
     "PositionPolicy",
     "compress_context",
+    "compressed_final_logits",
     "compressed_logits",
 ]
 
@@ -162,6 +163,45 @@ def compressed_logits(
     Raises:
         CompressionError: the query's last position id reaches the model's context length.
     """
+    adapter, device, positions, scope = _query_run(model, context, query_tokens, extra_hooks)
+    with scope:
+        return adapter.forward_logits_with_past(
+            query_tokens.to(device), context.key_values, positions
+        )
+
+
+def compressed_final_logits(
+    model: Any,
+    context: CompressedContext,
+    query_tokens: Int[Tensor, "batch pos"],
+    target_position: Int[Tensor, " batch"],
+    *,
+    extra_hooks: Sequence[tuple[Any, Callable[..., Any]]] = (),
+) -> Float[Tensor, "batch d_vocab"]:
+    """:func:`compressed_logits` at ``target_position[b]`` of each query only: the final norm
+    and the unembedding run on one vector per query (what ICL reads), not on every position.
+
+    Example:
+        >>> final = compressed_final_logits(model, context, query.tokens,
+        ...                                 query.target_position)  # doctest: +SKIP
+
+    Raises:
+        CompressionError: the query's last position id reaches the model's context length.
+    """
+    adapter, device, positions, scope = _query_run(model, context, query_tokens, extra_hooks)
+    with scope:
+        return adapter.final_logits_with_past(
+            query_tokens.to(device), context.key_values, positions, target_position.to(device)
+        )
+
+
+def _query_run(
+    model: Any,
+    context: CompressedContext,
+    query_tokens: Tensor,
+    extra_hooks: Sequence[tuple[Any, Callable[..., Any]]],
+) -> tuple[ModelAdapter, torch.device, Tensor, contextlib.AbstractContextManager[Any]]:
+    """The adapter, the cache's device, the query's position ids and the hook scope."""
     adapter = adapt(model)
     if not context.key_values:
         raise CompressionError("the context holds no keys/values; build it with compress_context")
@@ -177,7 +217,4 @@ def compressed_logits(
     # 48-layer bridge); no empty hook context either (~10 ms): at batch 1 both dominate.
     device = context.key_values[0][0].device
     scope = adapter.hooks(fwd_hooks=extra_hooks) if extra_hooks else contextlib.nullcontext()
-    with scope:
-        return adapter.forward_logits_with_past(
-            query_tokens.to(device), context.key_values, positions
-        )
+    return adapter, device, positions, scope

@@ -165,7 +165,20 @@ class ModelAdapter:
         Equals ``forward_logits(tokens)[arange(batch), positions]``; forward and backward hooks
         active in an enclosing :meth:`hooks` block fire as in a full forward.
         """
-        residual = self._final_residual(tokens, attention_mask)
+        if self.kind == "hooked":
+            # HookedTransformer returns the residual after the last block when stopped there.
+            residual = self.model(
+                tokens, attention_mask=attention_mask, stop_at_layer=self.n_layers
+            )
+        else:
+            residual = self._bridge_final_residual(
+                tokens, return_type="logits", attention_mask=attention_mask
+            )
+        return self._unembed_at(residual, positions)
+
+    def _unembed_at(
+        self, residual: Float[Tensor, "batch pos d_model"], positions: Int[Tensor, " batch"]
+    ) -> Float[Tensor, "batch d_vocab"]:
         rows = torch.arange(residual.shape[0], device=residual.device)
         picked = residual[rows, positions.to(residual.device)][:, None, :]
         ln_final = getattr(self.model, "ln_final", None)
@@ -173,13 +186,9 @@ class ModelAdapter:
             picked = ln_final(picked)
         return self.model.unembed(picked)[:, 0, :]
 
-    def _final_residual(
-        self, tokens: Tensor, attention_mask: Tensor | None
+    def _bridge_final_residual(
+        self, tokens: Tensor, **forward_kwargs: Any
     ) -> Float[Tensor, "batch pos d_model"]:
-        if self.kind == "hooked":
-            # HookedTransformer returns the residual after the last block when stopped there.
-            return self.model(tokens, attention_mask=attention_mask, stop_at_layer=self.n_layers)
-
         # The bridge's stop_at_layer=n_layers runs the whole model (no block has that index),
         # so leave the forward from the final norm's input hook instead.
         def stop(residual: Tensor, hook: Any) -> None:
@@ -187,7 +196,7 @@ class ModelAdapter:
 
         try:
             with self.model.hooks(fwd_hooks=[("ln_final.hook_in", stop)]):
-                self.model(tokens, return_type="logits", attention_mask=attention_mask)
+                self.model(tokens, **forward_kwargs)
         except _StopAtFinalNormError as caught:
             return caught.residual
         raise UnsupportedModelError(
@@ -230,6 +239,27 @@ class ModelAdapter:
         absolute ``position_ids``. The past is never modified; hooks of an enclosing
         :meth:`hooks` block fire on the new tokens only.
         """
+        return self._with_past(tokens, past, position_ids, None)
+
+    def final_logits_with_past(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        past: Sequence[tuple[Tensor, Tensor]],
+        position_ids: Int[Tensor, " pos"],
+        positions: Int[Tensor, " batch"],
+    ) -> Float[Tensor, "batch d_vocab"]:
+        """:meth:`forward_logits_with_past` at ``positions[b]`` of each row only (the final
+        norm and the unembedding run on one residual vector per row, as :meth:`final_logits`).
+        """
+        return self._with_past(tokens, past, position_ids, positions)
+
+    def _with_past(
+        self,
+        tokens: Tensor,
+        past: Sequence[tuple[Tensor, Tensor]],
+        position_ids: Tensor,
+        positions: Tensor | None,
+    ) -> Tensor:
         batch, n_past = tokens.shape[0], past[0][0].shape[1]
         # The past's device: self.device walks every module (~50 ms on a 48-layer bridge).
         device = past[0][0].device
@@ -261,9 +291,11 @@ class ModelAdapter:
                 hooks = [
                     ("hook_pos_embed", lambda embed, hook: w_pos[position_ids].expand_as(embed))
                 ]
+            stop = {} if positions is None else {"stop_at_layer": self.n_layers}
             with self.model.hooks(fwd_hooks=hooks):
                 mask = torch.ones_like(tokens)
-                return self.model(tokens, attention_mask=mask, past_kv_cache=cache)
+                out = self.model(tokens, attention_mask=mask, past_kv_cache=cache, **stop)
+            return out if positions is None else self._unembed_at(out, positions)
         from transformers import DynamicCache
 
         hf_cache = DynamicCache(
@@ -275,8 +307,11 @@ class ModelAdapter:
                 for k, v in past
             ]
         )
-        ids = position_ids[None].expand(batch, -1)
-        return self.model(tokens, return_type="logits", past_key_values=hf_cache, position_ids=ids)
+        kwargs = {"return_type": "logits", "past_key_values": hf_cache,
+                  "position_ids": position_ids[None].expand(batch, -1)}  # fmt: skip
+        if positions is None:
+            return self.model(tokens, **kwargs)
+        return self._unembed_at(self._bridge_final_residual(tokens, **kwargs), positions)
 
     @property
     def device(self) -> torch.device:

@@ -10,6 +10,7 @@ from anchor_flow.compression import (
     CompressionError,
     anchor_positions,
     compress_context,
+    compressed_final_logits,
     compressed_logits,
     context_end,
     query_batch,
@@ -62,6 +63,32 @@ def test_identity_keeping_every_position_reproduces_the_full_prompt(tl_model, po
         with torch.no_grad():
             moved = compressed_logits(tl_model, drop, query.tokens)
         assert (moved - full)[real].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("policy", ["original", "compact"])
+def test_final_logits_equal_every_position_logits_at_the_target(tl_model, policy):
+    """The cache engine reads only the target's logits; they must be the full logits' row."""
+    batch = _batch(tl_model)
+    end = context_end(batch)
+    context = compress_context(tl_model, batch.tokens[0, :end], anchor_positions(batch),
+                               position_policy=policy)  # fmt: skip
+    query = query_batch(batch, range(len(batch)), end)
+    assert len(set(query.target_position.tolist())) > 1  # right-padded queries differ
+    seen = []
+
+    def count(resid, hook):
+        seen.append(hook.name)
+
+    hooks = [(adapt(tl_model).pattern_hook_name(0), count)]
+    with torch.no_grad():
+        every = compressed_logits(tl_model, context, query.tokens, extra_hooks=hooks)
+        final = compressed_final_logits(tl_model, context, query.tokens, query.target_position,
+                                        extra_hooks=hooks)  # fmt: skip
+    rows = torch.arange(len(batch))
+    assert final.shape == (len(batch), every.shape[-1])
+    assert (final - every[rows, query.target_position]).abs().max() < 1e-5
+    assert len(seen) == 2  # extra hooks fire in both
+    assert_no_hooks(tl_model)
 
 
 def test_oracle_compressed_equals_full_run_with_dropped_keys_blocked(tl_model):
