@@ -20,6 +20,8 @@ from anchor_flow.compression import (
     CompressedContext,
     CompressionError,
     compress_context,
+    compressed_final_logits,
+    compressed_logits,
     run_compressed_icl,
     run_compressed_icl_trials,
 )
@@ -131,6 +133,8 @@ __all__ = [
     "blocking_hooks",
     "build_prompts",
     "compress_context",
+    "compressed_final_logits",
+    "compressed_logits",
     "context_end",
     "edge_groups",
     "fit_reweighting",

@@ -82,6 +82,21 @@ def task_options() -> argparse.ArgumentParser:
     return options
 
 
+def add_compression_options(parser: argparse.ArgumentParser, engine_flag: str) -> None:
+    """``--position-policy`` and the engine option (``engine_flag``) of compressed prompts."""
+    parser.add_argument(
+        "--position-policy", choices=["original", "compact", "restart"], default="original",
+        help="compressed queries' positions: continue from the full context (default), from "
+        "the kept positions, or from 0 (official GPT2-XL code)",
+    )  # fmt: skip
+    parser.add_argument(
+        engine_flag, choices=["auto", "cache", "mask"], default="auto",
+        help="how compressed prompts run: a key/value cache per context, or one masked "
+        "batched forward ('original' positions only); the results are the same (default: "
+        "auto)",
+    )  # fmt: skip
+
+
 def positive(name: str, value: int) -> None:
     from anchor_flow.errors import AnchorFlowError
 

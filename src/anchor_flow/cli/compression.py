@@ -12,7 +12,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from anchor_flow.cli.common import choices, load_model_and_prompts, write_results
+from anchor_flow.cli.common import (
+    add_compression_options,
+    choices,
+    load_model_and_prompts,
+    write_results,
+)
 
 _METHODS = ("text_anchor", "hidden_random", "hidden_random_top", "hidden_anchor")
 
@@ -33,18 +38,9 @@ def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         help=f"comma-separated subset of {', '.join(_METHODS)}",
     )  # fmt: skip
     compress.add_argument(
-        "--position-policy", choices=["original", "compact", "restart"], default="original",
-        help="query positions: continue from the full context (default), from the kept "
-        "positions, or from 0 (official GPT2-XL code)",
-    )  # fmt: skip
-    compress.add_argument(
         "--no-bos", action="store_true", help="drop a BOS token's keys/values too (official)"
     )
-    compress.add_argument(
-        "--engine", choices=["auto", "cache", "mask"], default="auto",
-        help="how compressed prompts run: per-context key/value cache, or one masked batched "
-        "forward ('original' positions only); the results are the same (default: auto)",
-    )  # fmt: skip
+    add_compression_options(compress, "--engine")
     compress.add_argument("--top-trials", type=int, default=20, help="Hidden_random-top sets")
     compress.add_argument("--top-k", type=int, default=5, help="word loyalty's top-k (paper 5)")
     compress.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from anchor_flow.cli.common import choices, load_model_for, say
+from anchor_flow.cli.common import add_compression_options, choices, load_model_for, say
 from anchor_flow.pipeline import EXPERIMENTS
 
 # The paper's 1000 test examples per seed; the built-in models are small enough that fewer
@@ -50,15 +50,7 @@ def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "--restart", action="store_true", help="delete the folder's previous run and start over"
     )
     run.add_argument("--top-trials", type=int, default=20, help="Hidden_random-top sets (20)")
-    run.add_argument(
-        "--position-policy", choices=["original", "compact", "restart"], default="original",
-        help="compressed queries' positions: continue from the full context (default), from "
-        "the kept positions, or from 0 (official GPT2-XL code)",
-    )  # fmt: skip
-    run.add_argument(
-        "--compression-engine", choices=["auto", "cache", "mask"], default="auto",
-        help="how compressed prompts run (same results; a resumed run may change it)",
-    )  # fmt: skip
+    add_compression_options(run, "--compression-engine")
     run.add_argument("--epochs", type=int, default=10, help="re-weighting epochs (10)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
