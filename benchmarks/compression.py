@@ -168,7 +168,7 @@ def profile(adapter, shape: str, device: str, task: str) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from anchor_flow.compression import compress_context, compressed_logits
+    from anchor_flow.compression_cache import compress_context, compressed_logits
 
     context, kept, queries = task_tokens(task, 1, torch.Generator().manual_seed(0))
     context, queries = context.to(device), queries.to(device)

@@ -16,16 +16,14 @@ from anchor_flow.blocking import (
     random_rows,
     role_pair_mask,
 )
-from anchor_flow.compression import (
+from anchor_flow.compression import CompressionError, run_compressed_icl, run_compressed_icl_trials
+from anchor_flow.compression_baselines import CompressionResult, run_compression
+from anchor_flow.compression_cache import (
     CompressedContext,
-    CompressionError,
     compress_context,
     compressed_final_logits,
     compressed_logits,
-    run_compressed_icl,
-    run_compressed_icl_trials,
 )
-from anchor_flow.compression_baselines import CompressionResult, run_compression
 from anchor_flow.compression_positions import anchor_positions, context_end
 from anchor_flow.compression_speed import measure_speedup, measure_token_speedup
 from anchor_flow.data import TaskData, load_task_data, read_examples, save_task_data

@@ -5,10 +5,11 @@ The demonstrations run once; every layer's keys and values are kept only at the
 ``Review:``, the label prefix ``\\nSentiment:`` whose ``\\n`` ends the text line, the label
 word's token(s) and the trailing separator: roles ``FORMAT``, ``LABEL`` and ``LABEL_REST`` with
 ``demo_index < n_demos``), and each query is answered against that pruned cache
-(:func:`run_compressed_icl`; the cache itself, :func:`compress_context` and
-:func:`compressed_logits`, and the query's position ids, ``position_policy``, are in
-:mod:`anchor_flow.compression_cache`). Keeping every layer's keys/values equals keeping the
-hidden states "at the front in each layer".
+(:func:`run_compressed_icl`; the cache itself,
+:func:`~anchor_flow.compression_cache.compress_context` and
+:func:`~anchor_flow.compression_cache.compressed_logits`, and the query's position ids,
+``position_policy``, are in :mod:`anchor_flow.compression_cache`). Keeping every layer's
+keys/values equals keeping the hidden states "at the front in each layer".
 
 Δ BOS: the official code kept only the listed strings (GPT-2 and GPT-J prompts have no BOS).
 ``keep_bos=True`` (default) keeps a BOS token too, because models with a BOS use it as the
@@ -33,7 +34,7 @@ still re-runs each trial's full prompts: their context rows do not depend on the
 a plain forward cannot skip them.
 
 The kept positions are pure logic in :mod:`anchor_flow.compression_positions` and the pruned
-cache is :mod:`anchor_flow.compression_cache` (both re-exported here). Baselines, the Table-2
+cache is :mod:`anchor_flow.compression_cache` (the positions re-exported here). Baselines, Table-2
 metrics and the result object are in :mod:`anchor_flow.compression_baselines`; timing
 (Table 3) in :mod:`anchor_flow.compression_speed`. Not here: plotting.
 """
@@ -51,9 +52,7 @@ from anchor_flow.compression_cache import (
     POSITION_POLICIES,
     CompressedContext,
     PositionPolicy,
-    compress_context,
     compressed_final_logits,
-    compressed_logits,
 )
 from anchor_flow.compression_positions import (
     CompressionError,
@@ -72,15 +71,9 @@ from anchor_flow.tl_adapter import ModelAdapter, adapt, check_attention_hooks_li
 
 __all__ = [
     "ENGINES",
-    "POSITION_POLICIES",
-    "CompressedContext",
     "CompressionError",
     "Engine",
-    "PositionPolicy",
     "anchor_positions",
-    "compress_context",
-    "compressed_final_logits",
-    "compressed_logits",
     "compression_mask",
     "context_end",
     "query_batch",

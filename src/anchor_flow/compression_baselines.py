@@ -36,11 +36,11 @@ from torch import Tensor
 from anchor_flow.compression import (
     CompressionError,
     Engine,
-    PositionPolicy,
     anchor_positions,
     context_end,
     run_compressed_icl_trials,
 )
+from anchor_flow.compression_cache import PositionPolicy
 from anchor_flow.evaluation import ICLResult, prompt_batch, run_icl
 from anchor_flow.loyalty import METRICS, LoyaltyResult, label_loyalty, word_loyalty
 from anchor_flow.prompts import ICLPrompt

@@ -7,7 +7,7 @@ every position, batch 1 by default):
 * ``compressed_ms``: the query against its pre-built anchor cache; the one-time cache
   build is **excluded**, as in the paper;
 * ``build_ms``: building one context's cache (its forward and the pruning, as
-  :func:`~anchor_flow.compression.compress_context`); ``amortised_speedup`` spreads it over
+  :func:`~anchor_flow.compression_cache.compress_context`); ``amortised_speedup`` spreads it over
   ``queries_per_build`` queries (the queries measured per context, or ``amortise_over``);
 * ``floor_ms``: the query tokens alone, no context at all: the fastest any cache could make
   a query on this hardware. ``floor_ratio = full_ms / floor_ms`` bounds the speed-up from
@@ -44,9 +44,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from anchor_flow.compression import (
+from anchor_flow.compression import CompressionError
+from anchor_flow.compression_cache import (
     CompressedContext,
-    CompressionError,
     PositionPolicy,
     compress_context,
     compressed_logits,

@@ -9,14 +9,16 @@ from anchor_flow.blocking import block_edges_hooks
 from anchor_flow.compression import (
     CompressionError,
     anchor_positions,
-    compress_context,
-    compressed_final_logits,
-    compressed_logits,
     context_end,
     query_batch,
     run_compressed_icl,
 )
 from anchor_flow.compression_baselines import CompressionResult, run_compression
+from anchor_flow.compression_cache import (
+    compress_context,
+    compressed_final_logits,
+    compressed_logits,
+)
 from anchor_flow.evaluation import prompt_batch, run_icl
 from anchor_flow.loading import load_model
 from anchor_flow.prompts import ICLPrompt, toy_prompts

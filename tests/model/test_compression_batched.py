@@ -10,14 +10,13 @@ from anchor_flow.blocking import block_edges_hooks
 from anchor_flow.compression import (
     CompressionError,
     anchor_positions,
-    compress_context,
-    compressed_logits,
     compression_mask,
     context_end,
     query_batch,
     run_compressed_icl,
     run_compressed_icl_trials,
 )
+from anchor_flow.compression_cache import compress_context, compressed_logits
 from anchor_flow.demo import demo_prompts
 from anchor_flow.errors import DeadAttentionHooksError, UnsupportedModelError
 from anchor_flow.evaluation import prompt_batch, run_icl

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from anchor_flow.compression import (
-    CompressedContext,
     CompressionError,
     anchor_positions,
     compression_mask,
@@ -15,6 +14,7 @@ from anchor_flow.compression import (
     random_anchor_positions,
 )
 from anchor_flow.compression_baselines import text_anchor_batch
+from anchor_flow.compression_cache import CompressedContext
 from anchor_flow.compression_positions import context_groups
 from anchor_flow.prompts import ICLPrompt, Template, tokenize_prompts, toy_prompts
 from anchor_flow.roles import Role
