@@ -8,9 +8,9 @@ get. Two ways to find those tokens:
   prompt's tokens, as with GPT-2's byte-level BPE: roles exact by construction;
 * from character offsets (:func:`align_prompt`), when it does not: SentencePiece-style
   tokenizers (a Metaspace pre-tokenizer or a ``"▁"``-prepending normalizer, e.g. Llama-2's)
-  add a prefix space ``"▁"`` on every call. The whole prompt is tokenized once with
-  ``return_offsets_mapping=True`` (fast tokenizers only; slow ones are refused) and every token
-  goes to the segment its characters lie in.
+  add a prefix space ``"▁"`` on every call. The whole prompt's tokens and character offsets
+  (:func:`encode_with_offsets`; fast tokenizers only, slow ones are refused with
+  :func:`no_offsets_error`) put every token in the segment its characters lie in.
 
 Boundary rule (:func:`assign_tokens`). A token whose characters lie in two segments that give
 different (role, demonstration, class) is ambiguous and refused with a ``PromptError``, with
@@ -52,7 +52,9 @@ __all__ = [
     "align_prompt",
     "assign_tokens",
     "check_same_label_ids",
+    "encode_with_offsets",
     "label_ids_in_context",
+    "no_offsets_error",
     "prompt_segments",
     "segment_mismatch",
     "segment_row",
@@ -278,16 +280,45 @@ def check_same_label_ids(
             )
 
 
+def encode_with_offsets(
+    tokenizer: Any, text: str
+) -> tuple[list[int], list[tuple[int, int]] | None]:
+    """The ids of ``text`` (no special tokens) and their character spans, once.
+
+    The spans are None where the tokenizer cannot give them (slow tokenizers ignore
+    ``return_offsets_mapping`` or raise ``NotImplementedError``).
+    """
+    if getattr(tokenizer, "is_fast", False):
+        try:
+            encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        except NotImplementedError:
+            encoded = None
+        if encoded is not None and "offset_mapping" in encoded:
+            ids = [int(t) for t in encoded["input_ids"]]
+            return ids, [(int(s), int(e)) for s, e in encoded["offset_mapping"]]
+    return [int(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]], None
+
+
+def no_offsets_error(mismatch: str, tokenizer: Any) -> PromptError:
+    """The error for a prompt that needs offsets (``mismatch`` says why) they cannot give."""
+    return PromptError(
+        f"{mismatch}; roles can then only be aligned from the whole prompt's character "
+        f"offsets, which this tokenizer ({type(tokenizer).__name__}) does not give: use a "
+        f"fast tokenizer (tokenizer.is_fast; e.g. AutoTokenizer.from_pretrained(name) "
+        f"without use_fast=False), or change the template or the texts"
+    )
+
+
 def align_prompt(
     index: int,
     text: str,
     segments: Sequence[Segment],
+    ids: list[int],
+    offsets: Sequence[tuple[int, int]],
     label_words: tuple[str, ...],
     tokenizer: Any,
     policy: str,
     bos: int | None,
-    *,
-    mismatch: str,
 ) -> tuple[RowBuilder, list[list[int]]]:
     """One prompt's row: the whole prompt's tokens, with roles from their offsets.
 
@@ -295,37 +326,22 @@ def align_prompt(
         index: the prompt's index, for messages.
         text: the prompt string.
         segments: its pieces, in order, spelling ``text``.
+        ids, offsets: the whole prompt's tokens and their character spans
+            (:func:`encode_with_offsets`).
         label_words: the prompt's label words in class order.
-        tokenizer: a fast Hugging Face tokenizer (``return_offsets_mapping``).
+        tokenizer: the Hugging Face tokenizer (for the label words after the prompt).
         policy: the label-token policy (``"single"``, ``"first"`` or ``"all"``).
         bos: the BOS id to put first, or None.
-        mismatch: why segment-wise tokenization failed, for the slow-tokenizer message.
 
     Returns:
         The row, and each class's label-word token ids as tokenized right after the prompt.
 
     Raises:
-        PromptError: a slow tokenizer (no offsets), an ambiguous token, or a query label prefix
-            with no token of its own.
+        PromptError: an ambiguous token, or a query label prefix with no token of its own.
         LabelWordError: see :func:`label_ids_in_context`, or a demonstration whose label-word
             tokens differ from the word's tokens after the prompt.
     """
-    encoded: Any = {}
-    if getattr(tokenizer, "is_fast", False):
-        try:
-            encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        except NotImplementedError:
-            encoded = {}
-    if "offset_mapping" not in encoded:
-        raise PromptError(
-            f"{mismatch}; roles can then only be aligned from the whole prompt's character "
-            f"offsets, which this tokenizer ({type(tokenizer).__name__}) does not give: use a "
-            f"fast tokenizer (tokenizer.is_fast; e.g. AutoTokenizer.from_pretrained(name) "
-            f"without use_fast=False), or change the template or the texts"
-        )
-    ids = [int(t) for t in encoded["input_ids"]]
     piece = token_piece(tokenizer)
-    offsets = [(int(s), int(e)) for s, e in encoded["offset_mapping"]]
     owners = assign_tokens(index, text, segments, offsets, lambda k: piece(ids[k]))
     words = label_ids_in_context(index, text, ids, label_words, tokenizer, policy)
     members: list[list[int]] = [[] for _ in segments]

@@ -31,7 +31,7 @@ from anchor_flow.roles import (
     PromptBatch,
     Role,
     TokenCache,
-    label_word_tokens,
+    check_label_words,
     resolve_bos,
     stack_rows,
 )
@@ -335,6 +335,7 @@ def tokenize_prompts(
             )
     codec = TokenCache(tokenizer)
     encode, decode = codec.encode, codec.decode
+    piece = alignment.token_piece(tokenizer)
     bos = resolve_bos(tokenizer, prepend_bos)
     if max_length is None:
         limit = getattr(tokenizer, "model_max_length", None)
@@ -354,30 +355,25 @@ def tokenize_prompts(
             p.query.text,
         )
         pieces = [encode(s.text) for s in segments]
-        whole = [int(tok) for tok in tokenizer(text, add_special_tokens=False)["input_ids"]]
+        whole, offsets = alignment.encode_with_offsets(tokenizer, text)
         flat = [tok for ids in pieces for tok in ids]
         # SentencePiece tokenizers may give a word alone a "▁" it does not get after ":".
         if flat == whole and all(codec.keeps_tokens(t.label_prefix, w) for w in p.label_words):
             if p.label_words not in words_ids:
-                words_ids[p.label_words] = label_word_tokens(
-                    p.label_words, encode, label_token_policy, decode
+                words_ids[p.label_words] = check_label_words(
+                    p.label_words, [encode(w) for w in p.label_words], label_token_policy, decode
                 )
             row = alignment.segment_row(i, segments, pieces, label_token_policy, bos)
             words = words_ids[p.label_words]
+        elif offsets is None:
+            mismatch = alignment.segment_mismatch(i, flat, whole, decode)
+            raise alignment.no_offsets_error(mismatch, tokenizer)
         else:
             row, words = alignment.align_prompt(
-                i,
-                text,
-                segments,
-                p.label_words,
-                tokenizer,
-                label_token_policy,
-                bos,
-                mismatch=alignment.segment_mismatch(i, flat, whole, decode),
-            )
-        alignment.check_same_label_ids(
-            seen, i, p.label_words, words, alignment.token_piece(tokenizer)
-        )
+                i, text, segments, whole, offsets, p.label_words, tokenizer,
+                label_token_policy, bos,
+            )  # fmt: skip
+        alignment.check_same_label_ids(seen, i, p.label_words, words, piece)
         if max_length is not None and len(row.tokens) > max_length:
             raise ContextLengthError(
                 f"prompt {i} is {len(row.tokens)} tokens, longer than the context length "

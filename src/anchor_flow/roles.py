@@ -281,16 +281,6 @@ def resolve_bos(tokenizer: Any, prepend_bos: bool | None) -> int | None:
     return int(tokenizer.bos_token_id) if prepend_bos else None
 
 
-def label_word_tokens(
-    words: tuple[str, ...],
-    encode: Callable[[str], list[int]],
-    policy: str,
-    decode: Callable[[int], str],
-) -> list[list[int]]:
-    """Token ids of each label word, refusing words the policy or the classes cannot use."""
-    return check_label_words(words, [encode(w) for w in words], policy, decode)
-
-
 def check_label_words(
     words: tuple[str, ...], ids: list[list[int]], policy: str, decode: Callable[[int], str]
 ) -> list[list[int]]:

@@ -309,8 +309,9 @@ def test_offsets_agree_with_segment_wise_tokenization_on_gpt2(toy_tok, data):
         t.input_prefix, t.text_lead, t.label_prefix, t.separator, label_words,
         [(d.text, d.label) for d in p.demonstrations], p.query.text,
     )  # fmt: skip
+    ids, offsets = alignment.encode_with_offsets(toy_tok, p.text())
     row, words = alignment.align_prompt(
-        0, p.text(), segments, label_words, toy_tok, policy, None, mismatch="unused"
+        0, p.text(), segments, ids, offsets, label_words, toy_tok, policy, None
     )
     assert row.tokens == batch.tokens[0].tolist()
     assert row.roles == batch.roles[0].tolist()
