@@ -3,7 +3,7 @@
 GPT-2-shaped models built from a config (random weights: speed does not depend on them) run
 prompts with the paper's Table 3 lengths. Per (shape, task) it times, per query at batch 1
 under ``torch.no_grad`` with logits at every position (as the paper's script), with
-:func:`anchor_flow.compression_speed.measure_token_speedup`:
+:func:`anchor_flow.applications.compression.speed.measure_token_speedup`:
 
 * ``full``: the whole prompt (demonstrations + query);
 * ``compressed``: the query against the pre-computed anchor cache, the one-time cache build
@@ -14,9 +14,9 @@ under ``torch.no_grad`` with logits at every position (as the paper's script), w
   it on this hardware;
 
 and prints full / compressed next to the paper's GPT2-XL speed-up, the FLOP-ideal ratio
-(:func:`anchor_flow.speedup_result.flop_ideal_ratio`: attention + MLP multiply-adds of the
-full prompt over those of the query with its cache), the floor ratio (full / floor), the
-GEMM-bound ratio and the measured speed-up as a share of each (``/ideal``, ``/floor``,
+(:func:`anchor_flow.applications.compression.speedup_result.flop_ideal_ratio`: attention + MLP
+multiply-adds of the full prompt over those of the query with its cache), the floor ratio (full /
+floor), the GEMM-bound ratio and the measured speed-up as a share of each (``/ideal``, ``/floor``,
 ``/gemm``).
 
 The GEMM-bound ratio is what this machine's matrix multiply allows: the time of the
@@ -75,8 +75,8 @@ def build(shape: str, device: str, tl_class: str):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from anchor_flow.loading import from_hf_model
-    from anchor_flow.tl_adapter import adapt
+    from anchor_flow.models.loading import from_hf_model
+    from anchor_flow.models.tl_adapter import adapt
 
     n_layer, d_model, n_head = SHAPES[shape]
     torch.manual_seed(0)
@@ -103,8 +103,8 @@ def measure(
 ) -> list[dict]:
     import torch
 
-    from anchor_flow.compression_speed import measure_token_speedup
-    from anchor_flow.speedup_result import SpeedupResult
+    from anchor_flow.applications.compression.speed import measure_token_speedup
+    from anchor_flow.applications.compression.speedup_result import SpeedupResult
 
     generator = torch.Generator().manual_seed(0)
     results = []
@@ -168,7 +168,7 @@ def profile(adapter, shape: str, device: str, task: str) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from anchor_flow.compression_cache import compress_context, compressed_logits
+    from anchor_flow.applications.compression.cache import compress_context, compressed_logits
 
     context, kept, queries = task_tokens(task, 1, torch.Generator().manual_seed(0))
     context, queries = context.to(device), queries.to(device)
@@ -249,7 +249,7 @@ def main() -> None:
             torch.set_num_threads(args.threads)
         tl_class = args.tl_class
         if tl_class == "auto":
-            from anchor_flow.tl_adapter import hooked_transformer_class
+            from anchor_flow.models.tl_adapter import hooked_transformer_class
 
             tl_class = "hooked" if hooked_transformer_class() is not None else "bridge"
         adapter = build(args.child, args.device, tl_class)

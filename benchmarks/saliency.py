@@ -32,7 +32,7 @@ def build_model(tl_class: str, device: str):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from anchor_flow.loading import from_hf_model
+    from anchor_flow.models.loading import from_hf_model
 
     torch.manual_seed(0)
     config = GPT2Config(
@@ -47,7 +47,7 @@ def synthetic_batch(length: int, batch: int, vocab: int):
     """Right-padded prompts of exactly ``length`` tokens laid out like 2-class SST-2 ICL."""
     import torch
 
-    from anchor_flow.roles import PromptBatch, Role
+    from anchor_flow.icl.roles import PromptBatch, Role
 
     generator = torch.Generator().manual_seed(0)
     demo_text = max(1, (length - 4) // 4 - 7)  # two demos + query share the length
@@ -82,8 +82,9 @@ def synthetic_batch(length: int, batch: int, vocab: int):
 def measure(mode: str, length: int, batch: int, repeats: int, tl_class: str, device: str) -> dict:
     import torch
 
-    from anchor_flow.saliency import run_saliency
-    from anchor_flow.tl_adapter import adapt, frozen
+    from anchor_flow.analysis.saliency.measure import run_saliency
+    from anchor_flow.models.guards import frozen
+    from anchor_flow.models.tl_adapter import adapt
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", torch.get_num_threads())))
     model = build_model(tl_class, device)
@@ -143,7 +144,7 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    from anchor_flow.tl_adapter import tl_version
+    from anchor_flow.models.tl_adapter import tl_version
 
     print(f"transformer-lens {tl_version()}, class {args.tl_class}, device {args.device}")
     print("GPT-2-small shape (12 layers, d_model 768, vocab 50257), median of", args.repeats)

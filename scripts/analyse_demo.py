@@ -11,10 +11,10 @@ from transformers import AutoConfig, GPTNeoXForCausalLM
 
 torch.set_num_threads(1)
 from anchor_flow import FINE_GROUPS, from_hf_model, load_model, run_icl, run_saliency  # noqa: E402
-from anchor_flow.demo import DEMO_SHAPES, build_demo_tokenizer, demo_prompts  # noqa: E402
-from anchor_flow.prompts import tokenize_prompts  # noqa: E402
-from anchor_flow.roles import Role  # noqa: E402
-from anchor_flow.tl_adapter import adapt  # noqa: E402
+from anchor_flow.icl.prompts import tokenize_prompts  # noqa: E402
+from anchor_flow.icl.roles import Role  # noqa: E402
+from anchor_flow.models.tl_adapter import adapt  # noqa: E402
+from anchor_flow.testbeds.demo import DEMO_SHAPES, build_demo_tokenizer, demo_prompts  # noqa: E402
 
 folder = sys.argv[1]
 N = int(sys.argv[2]) if len(sys.argv) > 2 else 256

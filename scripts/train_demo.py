@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from anchor_flow.demo import (
+from anchor_flow.testbeds.demo import (
     DEMO_FOLDER,
     DEMO_SHAPES,
     DemoTaskConfig,

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import torch
 
-from anchor_flow import tl_adapter
-from anchor_flow.toy import build_toy_tokenizer
+from anchor_flow.models import tl_adapter
+from anchor_flow.testbeds.toy import build_toy_tokenizer
 
 TL_CLASSES = tuple(
     kind
@@ -27,7 +27,7 @@ TL_CLASSES = tuple(
 
 @pytest.fixture(scope="session")
 def toy_tokenizer() -> Any:
-    """The offline 600-token byte-level BPE tokenizer (anchor_flow.toy)."""
+    """The offline 600-token byte-level BPE tokenizer (anchor_flow.testbeds.toy)."""
     return build_toy_tokenizer()
 
 
@@ -68,7 +68,7 @@ def tiny_hf_gpt2() -> Any:
 @pytest.fixture(params=TL_CLASSES)
 def tl_model(request: pytest.FixtureRequest, tiny_hf_gpt2: Any, toy_tokenizer: Any) -> Any:
     """A fresh TL model of each class the installed TransformerLens offers."""
-    from anchor_flow.loading import from_hf_model
+    from anchor_flow.models.loading import from_hf_model
 
     model = from_hf_model(tiny_hf_gpt2, toy_tokenizer, tl_class=request.param)
     yield model
@@ -125,7 +125,7 @@ def sentencepiece_tokenizer(
     )
     from transformers import PreTrainedTokenizerFast
 
-    from anchor_flow.toy import TOY_NEGATIVE, TOY_POSITIVE
+    from anchor_flow.testbeds.toy import TOY_NEGATIVE, TOY_POSITIVE
 
     trainer_tok = Tokenizer(models.BPE())
     # Trained like SentencePiece: pieces never contain a space except a leading "▁".

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from anchor_flow import tl_adapter, tl_build
-from anchor_flow.loading import load_model
+from anchor_flow.models import guards, tl_adapter, tl_build
+from anchor_flow.models.loading import load_model
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ def test_gpt2_dims_and_live_hooks(gpt2: Any) -> None:
         768,
         50257,
     )
-    tl_adapter.check_attention_hooks_live(gpt2)
+    guards.check_attention_hooks_live(gpt2)
 
 
 def test_gpt2_unprocessed_and_sensible(gpt2: Any) -> None:
@@ -67,8 +67,8 @@ def test_gpt2_unprocessed_and_sensible(gpt2: Any) -> None:
 
 
 def _sst2_cached() -> bool:
-    from anchor_flow.data import load_task_data
     from anchor_flow.errors import AnchorFlowError
+    from anchor_flow.icl.data import load_task_data
 
     try:
         load_task_data("sst2")

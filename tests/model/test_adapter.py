@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 import torch
 
-from anchor_flow import tl_adapter
 from anchor_flow.errors import DeadAttentionHooksError, UnsupportedModelError
-from anchor_flow.tl_adapter import adapt, check_attention_hooks_live, frozen
-from anchor_flow.tl_build import warn_if_value_biases_folded
+from anchor_flow.models import guards, tl_adapter
+from anchor_flow.models.guards import check_attention_hooks_live, frozen
+from anchor_flow.models.tl_adapter import adapt
+from anchor_flow.models.tl_build import warn_if_value_biases_folded
 from conftest import TL_CLASSES, assert_no_hooks, fold_value_biases
 
 TOKENS = torch.tensor([[5, 17, 300, 42, 7, 99, 250], [1, 2, 3, 4, 5, 6, 7]])
@@ -108,19 +109,21 @@ def test_final_logits_fire_forward_and_backward_hooks(tl_model: Any) -> None:
 
 
 def _flags(model: Any) -> tuple[list[bool], list[bool]]:
-    modules = tl_adapter._modules(model)
-    return [m.training for m in modules], [p.requires_grad for p in tl_adapter._parameters(model)]
+    modules = tl_adapter.model_modules(model)
+    return [m.training for m in modules], [
+        p.requires_grad for p in tl_adapter.model_parameters(model)
+    ]
 
 
 def test_frozen_restores_flags(tl_model: Any) -> None:
     tl_model.train()
-    params = tl_adapter._parameters(tl_model)
+    params = tl_adapter.model_parameters(tl_model)
     params[0].requires_grad_(False)
     before = _flags(tl_model)
     with frozen(tl_model) as model:
         assert model is tl_model
         assert not any(p.requires_grad for p in params)
-        assert not any(m.training for m in tl_adapter._modules(tl_model))
+        assert not any(m.training for m in tl_adapter.model_modules(tl_model))
     assert _flags(tl_model) == before
     assert tl_model.training
     assert not params[0].requires_grad
@@ -168,7 +171,7 @@ def test_final_logits_leave_no_hooks_after_exception(tl_model: Any) -> None:
 def test_liveness_probe_passes_on_gpt2(tl_model: Any) -> None:
     check_attention_hooks_live(tl_model)
     check_attention_hooks_live(adapt(tl_model))  # cached
-    assert tl_adapter._LIVENESS[tl_model] is None
+    assert guards._LIVENESS[tl_model] is None
     assert_no_hooks(tl_model)
 
 
@@ -225,7 +228,7 @@ def _tiny_hf(arch: str) -> Any:
 @pytest.mark.bridge
 @pytest.mark.parametrize("arch", ["GPTJForCausalLM", "GPTNeoForCausalLM", "OPTForCausalLM"])
 def test_liveness_probe_refuses_hf_delegated_bridges(arch: str, toy_tokenizer: Any) -> None:
-    from anchor_flow.loading import from_hf_model
+    from anchor_flow.models.loading import from_hf_model
 
     model = from_hf_model(_tiny_hf(arch), toy_tokenizer, tl_class="bridge")
     with pytest.raises(DeadAttentionHooksError) as info:
@@ -249,7 +252,7 @@ def test_liveness_probe_refuses_hf_delegated_bridges(arch: str, toy_tokenizer: A
 def test_hooked_transformer_has_live_hooks_where_bridge_does_not(
     arch: str, toy_tokenizer: Any
 ) -> None:
-    from anchor_flow.loading import from_hf_model
+    from anchor_flow.models.loading import from_hf_model
 
     hf_model = _tiny_hf(arch)
     reference = hf_model(TOKENS).logits
@@ -269,7 +272,7 @@ def test_no_warning_on_unprocessed_weights(tl_model: Any) -> None:
     "hooked" not in TL_CLASSES, reason="HookedTransformer needs transformer-lens 3.x"
 )
 def test_warns_on_folded_value_biases_hooked(tiny_hf_gpt2: Any, toy_tokenizer: Any) -> None:
-    from anchor_flow.loading import from_hf_model
+    from anchor_flow.models.loading import from_hf_model
 
     model = from_hf_model(tiny_hf_gpt2, toy_tokenizer, tl_class="hooked")
     fold_value_biases(model)
@@ -283,7 +286,7 @@ def test_warns_on_folded_value_biases_hooked(tiny_hf_gpt2: Any, toy_tokenizer: A
 def test_warns_on_folded_value_biases_bridge_compatibility_mode(
     tiny_hf_gpt2: Any, toy_tokenizer: Any
 ) -> None:
-    from anchor_flow.loading import from_hf_model
+    from anchor_flow.models.loading import from_hf_model
 
     model = from_hf_model(tiny_hf_gpt2, toy_tokenizer, tl_class="bridge")
     with warnings.catch_warnings():

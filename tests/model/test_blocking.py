@@ -7,7 +7,7 @@ import inspect
 import pytest
 import torch
 
-from anchor_flow.blocking import (
+from anchor_flow.analysis.blocking import (
     BlockingError,
     block_edges_hooks,
     blocking_hooks,
@@ -16,10 +16,11 @@ from anchor_flow.blocking import (
     label_rows,
     role_pair_mask,
 )
-from anchor_flow.evaluation import run_icl
-from anchor_flow.prompts import tokenize_prompts, toy_prompts
-from anchor_flow.roles import Role
-from anchor_flow.tl_adapter import adapt
+from anchor_flow.icl.evaluation import run_icl
+from anchor_flow.icl.prompts import tokenize_prompts
+from anchor_flow.icl.roles import Role
+from anchor_flow.models.tl_adapter import adapt
+from anchor_flow.testbeds.toy import toy_prompts
 from conftest import assert_no_hooks
 
 
@@ -66,7 +67,8 @@ def test_blocking_in_a_layer_changes_the_logits(tl_model, batch, mode, layer):
 
 
 def score_mask_hooks(model, masks):
-    """The official pre-softmax mask, independent of anchor_flow.blocking: finfo.min on scores."""
+    """The official pre-softmax mask, independent of anchor_flow.analysis.blocking: finfo.min on
+    scores."""
     adapter = adapt(model)
 
     def make(mask):

@@ -7,10 +7,10 @@ import json
 import pandas as pd
 import pytest
 
+from anchor_flow.analysis.flows import InformationFlow
+from anchor_flow.analysis.saliency.result import SaliencyResult
 from anchor_flow.cli import main
-from anchor_flow.flows import InformationFlow
-from anchor_flow.prompts import load_prompts
-from anchor_flow.saliency_result import SaliencyResult
+from anchor_flow.icl.prompts import load_prompts
 
 QUICK = ["--n-examples", "6", "--seeds", "42", "--quiet"]
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from anchor_flow.applications.compression.baselines import CompressionResult
 from anchor_flow.cli import main
-from anchor_flow.compression_baselines import CompressionResult
-from anchor_flow.plotting_compression import plot_compression, plot_speedup
+from anchor_flow.report.figures.compression import plot_compression, plot_speedup
 
 
 def test_compress_command_writes_results_and_report(tmp_path, capsys):

@@ -7,9 +7,9 @@ import json
 import pandas as pd
 import pytest
 
+from anchor_flow.analysis.deep import DeepResult
+from anchor_flow.analysis.isolation import IsolationResult
 from anchor_flow.cli import main
-from anchor_flow.deep import DeepResult
-from anchor_flow.isolation import IsolationResult
 
 TOY = ["--model", "toy-gpt2", "--task", "toy-sentiment"]
 QUICK = [*TOY, "--n-examples", "6", "--seeds", "42,43", "--quiet"]

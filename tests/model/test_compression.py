@@ -5,26 +5,27 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anchor_flow.blocking import block_edges_hooks
-from anchor_flow.compression import (
+from anchor_flow.analysis.blocking import block_edges_hooks
+from anchor_flow.applications.compression.baselines import CompressionResult, run_compression
+from anchor_flow.applications.compression.cache import (
+    compress_context,
+    compressed_final_logits,
+    compressed_logits,
+)
+from anchor_flow.applications.compression.engines import (
     CompressionError,
     anchor_positions,
     context_end,
     query_batch,
     run_compressed_icl,
 )
-from anchor_flow.compression_baselines import CompressionResult, run_compression
-from anchor_flow.compression_cache import (
-    compress_context,
-    compressed_final_logits,
-    compressed_logits,
-)
-from anchor_flow.evaluation import prompt_batch, run_icl
-from anchor_flow.loading import load_model
-from anchor_flow.prompts import ICLPrompt, toy_prompts
-from anchor_flow.roles import Role
-from anchor_flow.synthetic import synthetic_prompts
-from anchor_flow.tl_adapter import adapt
+from anchor_flow.icl.evaluation import prompt_batch, run_icl
+from anchor_flow.icl.prompts import ICLPrompt
+from anchor_flow.icl.roles import Role
+from anchor_flow.models.loading import load_model
+from anchor_flow.models.tl_adapter import adapt
+from anchor_flow.testbeds.synthetic import synthetic_prompts
+from anchor_flow.testbeds.toy import toy_prompts
 from conftest import assert_no_hooks
 
 

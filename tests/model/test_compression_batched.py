@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anchor_flow.blocking import block_edges_hooks
-from anchor_flow.compression import (
+from anchor_flow.analysis.blocking import block_edges_hooks
+from anchor_flow.applications.compression.cache import compress_context, compressed_logits
+from anchor_flow.applications.compression.engines import (
     CompressionError,
     anchor_positions,
     compression_mask,
@@ -16,14 +17,14 @@ from anchor_flow.compression import (
     run_compressed_icl,
     run_compressed_icl_trials,
 )
-from anchor_flow.compression_cache import compress_context, compressed_logits
-from anchor_flow.demo import demo_prompts
 from anchor_flow.errors import DeadAttentionHooksError, UnsupportedModelError
-from anchor_flow.evaluation import prompt_batch, run_icl
-from anchor_flow.loading import load_model
-from anchor_flow.prompts import ICLPrompt, toy_prompts
-from anchor_flow.roles import Role
-from anchor_flow.tl_adapter import adapt
+from anchor_flow.icl.evaluation import prompt_batch, run_icl
+from anchor_flow.icl.prompts import ICLPrompt
+from anchor_flow.icl.roles import Role
+from anchor_flow.models.loading import load_model
+from anchor_flow.models.tl_adapter import adapt
+from anchor_flow.testbeds.demo import demo_prompts
+from anchor_flow.testbeds.toy import toy_prompts
 from conftest import TL_CLASSES, assert_no_hooks
 
 
@@ -153,7 +154,9 @@ def test_dead_attention_hooks_refuse_mask_and_auto_falls_back(tl_model, monkeypa
     def dead(model):
         raise DeadAttentionHooksError("hook_pattern edits are discarded")
 
-    monkeypatch.setattr("anchor_flow.compression.check_attention_hooks_live", dead)
+    monkeypatch.setattr(
+        "anchor_flow.applications.compression.engines.check_attention_hooks_live", dead
+    )
     with pytest.raises(DeadAttentionHooksError, match="discarded"):
         run_compressed_icl(tl_model, _own(2), engine="mask")
     auto = run_compressed_icl(tl_model, _own(2))

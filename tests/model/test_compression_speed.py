@@ -11,12 +11,13 @@ import json
 import pytest
 import torch
 
-from anchor_flow.compression import CompressionError
-from anchor_flow.compression_speed import measure_speedup, measure_token_speedup
+from anchor_flow.applications.compression.engines import CompressionError
+from anchor_flow.applications.compression.speed import measure_speedup, measure_token_speedup
+from anchor_flow.applications.compression.speedup_result import SpeedupResult, flop_ideal_ratio
 from anchor_flow.errors import ResultsError
-from anchor_flow.plotting_compression import plot_speedup
-from anchor_flow.prompts import ICLPrompt, toy_prompts
-from anchor_flow.speedup_result import SpeedupResult, flop_ideal_ratio
+from anchor_flow.icl.prompts import ICLPrompt
+from anchor_flow.report.figures.compression import plot_speedup
+from anchor_flow.testbeds.toy import toy_prompts
 
 COLUMNS = ["demo_length", "query_length", "full_ms", "compressed_ms", "build_ms", "speedup",
            "amortised_speedup", "floor_ratio", "flop_ideal", "of_ideal", "of_floor"]  # fmt: skip

@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anchor_flow.deep import DeepResult, run_deep
-from anchor_flow.flows import InformationFlow
-from anchor_flow.loading import load_model
-from anchor_flow.plotting_experiments import plot_deep, plot_flows_with_auc
-from anchor_flow.prompts import tokenize_prompts, toy_prompts
-from anchor_flow.roles import Role
-from anchor_flow.synthetic import synthetic_prompts
-from anchor_flow.tl_adapter import adapt
+from anchor_flow.analysis.deep import DeepResult, run_deep
+from anchor_flow.analysis.flows import InformationFlow
+from anchor_flow.icl.prompts import tokenize_prompts
+from anchor_flow.icl.roles import Role
+from anchor_flow.models.loading import load_model
+from anchor_flow.models.tl_adapter import adapt
+from anchor_flow.report.figures.analysis import plot_deep, plot_flows_with_auc
+from anchor_flow.testbeds.synthetic import synthetic_prompts
+from anchor_flow.testbeds.toy import toy_prompts
 from conftest import assert_no_hooks
 
 

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 import torch
 
-from anchor_flow import run_icl, tl_adapter
-from anchor_flow.demo import DEMO_FOLDER, DEMO_SHAPES, demo_prompts
-from anchor_flow.loading import builtin_model_names, load_model
-from anchor_flow.prompts import tokenize_prompts
+from anchor_flow import run_icl
+from anchor_flow.icl.prompts import tokenize_prompts
+from anchor_flow.models import guards, tl_adapter
+from anchor_flow.models.loading import builtin_model_names, load_model
+from anchor_flow.testbeds.demo import DEMO_FOLDER, DEMO_SHAPES, demo_prompts
 from conftest import TL_CLASSES, assert_no_hooks
 
 SCRIPT = Path(__file__).parents[2] / "scripts" / "train_demo.py"
@@ -76,7 +77,7 @@ def test_loads_offline_by_name_and_matches_hf(tl_class: str, tmp_path: Path) -> 
     model = load_model("demo", tl_class=tl_class)  # type: ignore[arg-type]
     adapter = tl_adapter.adapt(model)
     assert adapter.kind == tl_class
-    tl_adapter.check_attention_hooks_live(model)
+    guards.check_attention_hooks_live(model)
     assert not (tmp_path / "cache").exists(), "the shipped folder is read in place"
     batch = tokenize_prompts(demo_prompts(8, k=3, shots_per_class=2, seed=1), adapter.tokenizer)
     hf = AutoModelForCausalLM.from_pretrained(DEMO_FOLDER, attn_implementation="eager").eval()

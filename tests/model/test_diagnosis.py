@@ -7,16 +7,16 @@ import math
 import pytest
 import torch
 
-from anchor_flow.diagnosis import DiagnosisResult, run_diagnosis
-from anchor_flow.diagnosis_math import DiagnosisError
-from anchor_flow.evaluation import prompt_batch
-from anchor_flow.loading import load_model
-from anchor_flow.plotting_applications import plot_confusion, plot_confusion_correlation
-from anchor_flow.prompts import toy_prompts
-from anchor_flow.roles import Role
-from anchor_flow.sampling import task_prompts
-from anchor_flow.tasks import get_task
-from anchor_flow.tl_adapter import adapt
+from anchor_flow.applications.diagnosis.confusion import DiagnosisError
+from anchor_flow.applications.diagnosis.distances import DiagnosisResult, run_diagnosis
+from anchor_flow.icl.evaluation import prompt_batch
+from anchor_flow.icl.roles import Role
+from anchor_flow.icl.sampling import task_prompts
+from anchor_flow.icl.tasks import get_task
+from anchor_flow.models.loading import load_model
+from anchor_flow.models.tl_adapter import adapt
+from anchor_flow.report.figures.applications import plot_confusion, plot_confusion_correlation
+from anchor_flow.testbeds.toy import toy_prompts
 from conftest import assert_no_hooks
 
 
@@ -54,7 +54,7 @@ def test_recorded_vectors_match_a_direct_capture(tl_model):
 def test_grouped_query_model_runs_through_the_diagnosis(toy_tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from anchor_flow.loading import from_hf_model
+    from anchor_flow.models.loading import from_hf_model
 
     config = LlamaConfig(
         vocab_size=600,

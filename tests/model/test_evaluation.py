@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from anchor_flow.errors import AnchorFlowError, DeadAttentionHooksError, ResultsError
-from anchor_flow.evaluation import ICLResult, run_icl
-from anchor_flow.prompts import Example, ICLPrompt, Template, tokenize_prompts, toy_prompts
-from anchor_flow.tl_adapter import adapt
+from anchor_flow.icl.evaluation import ICLResult, run_icl
+from anchor_flow.icl.prompts import Example, ICLPrompt, Template, tokenize_prompts
+from anchor_flow.models.tl_adapter import adapt
+from anchor_flow.testbeds.toy import toy_prompts
 from conftest import assert_no_hooks
 
 
@@ -132,10 +133,10 @@ def test_dropout_is_off_during_evaluation(tl_model, prompts):
 
 
 def test_dead_attention_hooks_are_refused(tl_model, prompts, monkeypatch):
-    from anchor_flow import tl_adapter
+    from anchor_flow.models import guards
 
     adapter = adapt(tl_model)
-    monkeypatch.setitem(tl_adapter._LIVENESS, adapter.model, "edit check failed: simulated")
+    monkeypatch.setitem(guards._LIVENESS, adapter.model, "edit check failed: simulated")
     neutral = [(adapter.pattern_hook_name(0), lambda p, hook: p)]
     with pytest.raises(DeadAttentionHooksError, match="edit check failed: simulated"):
         run_icl(tl_model, prompts, extra_hooks=neutral, progress=False)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anchor_flow.isolation import IsolationResult, run_isolation
-from anchor_flow.loading import load_model
-from anchor_flow.plotting_experiments import plot_isolation
-from anchor_flow.prompts import toy_prompts
-from anchor_flow.synthetic import synthetic_prompts
+from anchor_flow.analysis.isolation import IsolationResult, run_isolation
+from anchor_flow.models.loading import load_model
+from anchor_flow.report.figures.analysis import plot_isolation
+from anchor_flow.testbeds.synthetic import synthetic_prompts
+from anchor_flow.testbeds.toy import toy_prompts
 from conftest import assert_no_hooks
 
 
@@ -79,7 +79,7 @@ def test_zero_mode_and_bad_layer_counts(tl_model):
                            controls=("label",), mode="zero", progress=False)  # fmt: skip
     assert result.settings["mode"] == "zero"
     assert len(result.conditions) == 1
-    from anchor_flow.blocking import BlockingError
+    from anchor_flow.analysis.blocking import BlockingError
 
     with pytest.raises(BlockingError, match=r"layer_counts \[3\] out of range; expected 1..2"):
         run_isolation(tl_model, prompts, layer_counts=(1, 3), progress=False)

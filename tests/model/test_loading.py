@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 
-from anchor_flow import loading, tl_adapter
 from anchor_flow.errors import ModelLoadError
-from anchor_flow.loading import builtin_model_names, load_model, register_builtin_model
+from anchor_flow.models import loading, tl_adapter
+from anchor_flow.models.loading import builtin_model_names, load_model, register_builtin_model
 from conftest import TL_CLASSES, assert_no_hooks
 
 TOKENS = torch.tensor([[5, 17, 300, 42, 7, 99, 250, 3], [1, 2, 3, 4, 5, 6, 7, 8]])

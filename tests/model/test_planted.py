@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 import torch
 
-from anchor_flow.edges import FINE_GROUPS
-from anchor_flow.evaluation import run_icl
-from anchor_flow.loading import load_model
-from anchor_flow.planted import PlantedSettings, build_planted_model
-from anchor_flow.prompts import Role, tokenize_prompts
-from anchor_flow.saliency import run_saliency
-from anchor_flow.synthetic import SyntheticError, bag_of_words_accuracy, synthetic_prompts
-from anchor_flow.tl_adapter import adapt
+from anchor_flow.analysis.edges import FINE_GROUPS
+from anchor_flow.analysis.saliency.measure import run_saliency
+from anchor_flow.icl.evaluation import run_icl
+from anchor_flow.icl.prompts import Role, tokenize_prompts
+from anchor_flow.models.loading import load_model
+from anchor_flow.models.tl_adapter import adapt
+from anchor_flow.testbeds.planted import PlantedSettings, build_planted_model
+from anchor_flow.testbeds.synthetic import SyntheticError, bag_of_words_accuracy, synthetic_prompts
 from conftest import TL_CLASSES, assert_no_hooks
 
 KINDS = ("anchor", "formatting")
@@ -175,7 +175,7 @@ def test_bad_kind_and_too_small_heads() -> None:
 
 
 def test_checkpoint_folder_records_its_construction(tmp_path: Path) -> None:
-    from anchor_flow.planted import write_planted_folder
+    from anchor_flow.testbeds.planted import write_planted_folder
 
     write_planted_folder(tmp_path, "formatting")
     assert {"config.json", "planted.json", "tokenizer.json"} <= {p.name for p in tmp_path.iterdir()}

@@ -8,20 +8,24 @@ import math
 import pytest
 import torch
 
-from anchor_flow.evaluation import prompt_batch, run_icl
-from anchor_flow.loading import load_model
-from anchor_flow.plotting_applications import plot_betas, plot_reweighting_accuracy
-from anchor_flow.prompts import toy_prompts
-from anchor_flow.reweighting import (
+from anchor_flow.applications.reweighting.beta import (
     AnchorReweighting,
     ReweightingError,
     evaluate_reweighting,
     fit_reweighting,
 )
-from anchor_flow.reweighting_protocol import ReweightingResult, reweighting_prompts, run_reweighting
-from anchor_flow.roles import Role
-from anchor_flow.tasks import get_task
-from anchor_flow.tl_adapter import adapt, tl_version
+from anchor_flow.applications.reweighting.protocol import (
+    ReweightingResult,
+    reweighting_prompts,
+    run_reweighting,
+)
+from anchor_flow.icl.evaluation import prompt_batch, run_icl
+from anchor_flow.icl.roles import Role
+from anchor_flow.icl.tasks import get_task
+from anchor_flow.models.loading import load_model
+from anchor_flow.models.tl_adapter import adapt, tl_version
+from anchor_flow.report.figures.applications import plot_betas, plot_reweighting_accuracy
+from anchor_flow.testbeds.toy import toy_prompts
 from conftest import assert_no_hooks
 
 
@@ -81,7 +85,7 @@ def test_fitting_is_frozen_leaves_no_hooks_and_is_seeded(tl_model):
 
 
 def test_fitting_errors_leave_the_model_clean(tl_model):
-    from anchor_flow.prompts import ICLPrompt
+    from anchor_flow.icl.prompts import ICLPrompt
 
     prompts = toy_prompts(2, seed=1)
     unlabelled = [
@@ -147,7 +151,7 @@ def test_fitted_betas_compose_with_later_runs(planted_run, tmp_path):
     vanilla = run_icl(model, prompts, progress=False)
     reweighted = run_icl(model, prompts, batch_hooks=module.batch_hooks, progress=False)
     assert not torch.allclose(vanilla.label_probs, reweighted.label_probs)
-    from anchor_flow.saliency import run_saliency
+    from anchor_flow.analysis.saliency.measure import run_saliency
 
     one = prompt_batch(model, prompts[:1])
     base = run_saliency(model, one, progress=False)
@@ -163,8 +167,8 @@ def test_fitted_betas_compose_with_later_runs(planted_run, tmp_path):
 
 
 def test_fitting_lowers_the_training_loss_on_the_demo_model():
-    from anchor_flow.loading import load_model
-    from anchor_flow.reweighting import fit_reweighting
+    from anchor_flow.applications.reweighting.beta import fit_reweighting
+    from anchor_flow.models.loading import load_model
 
     model = load_model("demo")
     prompts = reweighting_prompts(get_task("demo-k3"), (), (), seed=42, n_examples=8)

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
-import anchor_flow.pipeline_steps as steps
+import anchor_flow.run.steps as steps
 from anchor_flow import (
     EXPERIMENTS,
     CompressionResult,

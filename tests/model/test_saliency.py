@@ -6,13 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anchor_flow.edges import FINE_GROUPS, edge_groups
+from anchor_flow.analysis.edges import FINE_GROUPS, edge_groups
+from anchor_flow.analysis.saliency.measure import run_saliency
 from anchor_flow.errors import AnchorFlowError, DeadAttentionHooksError
-from anchor_flow.loading import from_hf_model
-from anchor_flow.prompts import Example, ICLPrompt, Template, tokenize_prompts, toy_prompts
-from anchor_flow.saliency import run_saliency
-from anchor_flow.tl_adapter import adapt
-from anchor_flow.tl_build import warn_if_value_biases_folded
+from anchor_flow.icl.prompts import Example, ICLPrompt, Template, tokenize_prompts
+from anchor_flow.models.loading import from_hf_model
+from anchor_flow.models.tl_adapter import adapt
+from anchor_flow.models.tl_build import warn_if_value_biases_folded
+from anchor_flow.testbeds.toy import toy_prompts
 from conftest import TL_CLASSES, assert_no_hooks, fold_value_biases, make_tiny_hf_gpt2
 
 

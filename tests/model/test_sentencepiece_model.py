@@ -1,7 +1,7 @@
 """Saliency end to end on a tiny Llama model with a Llama-2-style (SentencePiece) tokenizer.
 
 The tokenizer adds "▁" to every call, so its prompts are tokenized from character offsets
-(anchor_flow.alignment); the model is a random-config LlamaForCausalLM (rotary positions, RMS
+(anchor_flow.icl.alignment); the model is a random-config LlamaForCausalLM (rotary positions, RMS
 norm, gated MLP) wrapped by each TransformerLens class the installed TL offers.
 """
 
@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from anchor_flow import run_saliency, tokenize_prompts, toy_prompts
-from anchor_flow.edges import FINE_GROUPS
-from anchor_flow.loading import from_hf_model
-from anchor_flow.roles import Role
-from anchor_flow.tl_adapter import adapt
+from anchor_flow.analysis.edges import FINE_GROUPS
+from anchor_flow.icl.roles import Role
+from anchor_flow.models.loading import from_hf_model
+from anchor_flow.models.tl_adapter import adapt
 from conftest import TL_CLASSES, assert_no_hooks, sentencepiece_tokenizer
 
 

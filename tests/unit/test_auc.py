@@ -7,9 +7,9 @@ import itertools
 import pytest
 import torch
 
-from anchor_flow.deep import classifier_auc, cumulative_auc_ratio
+from anchor_flow.analysis.deep import classifier_auc, cumulative_auc_ratio
 from anchor_flow.errors import AnchorFlowError
-from anchor_flow.stats import roc_auc, roc_auc_ovo
+from anchor_flow.results.stats import roc_auc, roc_auc_ovo
 
 
 def brute_force_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from anchor_flow.blocking import (
+from anchor_flow.analysis.blocking import (
     BlockingError,
     isolation_mask,
     label_rows,
@@ -16,12 +16,13 @@ from anchor_flow.blocking import (
     random_rows,
     role_pair_mask,
 )
-from anchor_flow.deep import DeepResult
+from anchor_flow.analysis.deep import DeepResult
+from anchor_flow.analysis.isolation import IsolationCondition, IsolationResult, default_layer_counts
+from anchor_flow.analysis.loyalty import label_loyalty, word_loyalty
 from anchor_flow.errors import AnchorFlowError, ResultsError
-from anchor_flow.isolation import IsolationCondition, IsolationResult, default_layer_counts
-from anchor_flow.loyalty import label_loyalty, word_loyalty
-from anchor_flow.prompts import tokenize_prompts, toy_prompts
-from anchor_flow.roles import Role
+from anchor_flow.icl.prompts import tokenize_prompts
+from anchor_flow.icl.roles import Role
+from anchor_flow.testbeds.toy import toy_prompts
 
 
 def unchecked(function):

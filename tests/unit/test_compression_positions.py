@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anchor_flow.compression import (
+from anchor_flow.applications.compression.baselines import text_anchor_batch
+from anchor_flow.applications.compression.cache import CompressedContext
+from anchor_flow.applications.compression.engines import (
     CompressionError,
     anchor_positions,
     compression_mask,
@@ -13,11 +15,10 @@ from anchor_flow.compression import (
     query_batch,
     random_anchor_positions,
 )
-from anchor_flow.compression_baselines import text_anchor_batch
-from anchor_flow.compression_cache import CompressedContext
-from anchor_flow.compression_positions import context_groups
-from anchor_flow.prompts import ICLPrompt, Template, tokenize_prompts, toy_prompts
-from anchor_flow.roles import Role
+from anchor_flow.applications.compression.positions import context_groups
+from anchor_flow.icl.prompts import ICLPrompt, Template, tokenize_prompts
+from anchor_flow.icl.roles import Role
+from anchor_flow.testbeds.toy import toy_prompts
 
 
 @pytest.fixture

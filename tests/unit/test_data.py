@@ -1,4 +1,4 @@
-"""Unit tests of anchor_flow.data: local split files, the hub path (offline), TaskData."""
+"""Unit tests of anchor_flow.icl.data: local split files, the hub path (offline), TaskData."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from anchor_flow.data import TaskData, load_task_data, read_examples, save_task_data
-from anchor_flow.prompts import Example, Template
-from anchor_flow.tasks import Task, TaskError, get_task
+from anchor_flow.icl.data import TaskData, load_task_data, read_examples, save_task_data
+from anchor_flow.icl.prompts import Example, Template
+from anchor_flow.icl.tasks import Task, TaskError, get_task
 
 TRAIN = {"text": ["dull", "fun", "skip me", "fine"], "label": [0, 1, -1, 1]}
 TEST = {"text": ["great", "awful"], "label": [1, 0]}

@@ -1,4 +1,5 @@
-"""Unit tests of anchor_flow.demo: the demo task's generator and word-level tokenizer (no model)."""
+"""Unit tests of anchor_flow.testbeds.demo: the demo task's generator and word-level tokenizer (no
+model)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from collections import Counter
 
 import pytest
 
-from anchor_flow.demo import (
+from anchor_flow.errors import PromptError
+from anchor_flow.icl.prompts import Template, tokenize_prompts
+from anchor_flow.icl.roles import Role
+from anchor_flow.testbeds.demo import (
     DEMO_SHAPES,
     DEMO_TEMPLATE,
     DemoTaskConfig,
@@ -17,9 +21,6 @@ from anchor_flow.demo import (
     episode_token_ids,
     sample_episode,
 )
-from anchor_flow.errors import PromptError
-from anchor_flow.prompts import Template, tokenize_prompts
-from anchor_flow.roles import Role
 
 TASK = DemoTaskConfig()
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from anchor_flow.diagnosis_math import (
+from anchor_flow.applications.diagnosis.confusion import (
     DiagnosisError,
     anchor_features,
     default_layer,
@@ -20,7 +20,7 @@ from anchor_flow.diagnosis_math import (
     real_confusion,
     repeat_kv_heads,
 )
-from anchor_flow.stats import spearman
+from anchor_flow.results.stats import spearman
 
 
 def test_pca_matches_the_covariance_eigendecomposition():

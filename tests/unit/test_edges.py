@@ -6,10 +6,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anchor_flow.edges import FINE_GROUPS, edge_groups, fine_group_flow, paper_edge_masks
-from anchor_flow.prompts import Example, ICLPrompt, Template, tokenize_prompts
-from anchor_flow.roles import PromptBatch, Role
-from anchor_flow.toy import TOY_NEGATIVE, TOY_POSITIVE, build_toy_tokenizer
+from anchor_flow.analysis.edges import FINE_GROUPS, edge_groups, fine_group_flow, paper_edge_masks
+from anchor_flow.icl.prompts import Example, ICLPrompt, Template, tokenize_prompts
+from anchor_flow.icl.roles import PromptBatch, Role
+from anchor_flow.testbeds.toy import TOY_NEGATIVE, TOY_POSITIVE, build_toy_tokenizer
 
 TOKENIZER = build_toy_tokenizer()
 

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from anchor_flow.edges import FINE_GROUPS, fine_group_flow
+from anchor_flow.analysis.edges import FINE_GROUPS, fine_group_flow
+from anchor_flow.analysis.flows import InformationFlow, flows_from_groups
 from anchor_flow.errors import AnchorFlowError, ResultsError
-from anchor_flow.flows import InformationFlow, flows_from_groups
-from anchor_flow.stats import bootstrap_interval
+from anchor_flow.results.stats import bootstrap_interval
 
 
 def test_flows_from_groups_is_sum_over_member_groups_divided_by_their_edge_count():

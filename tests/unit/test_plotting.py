@@ -1,4 +1,5 @@
-"""Unit tests of anchor_flow.plotting: figures from synthetic result objects, no model."""
+"""Unit tests of anchor_flow.report.figures.saliency: figures from synthetic result objects, no
+model."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from anchor_flow.edges import FINE_GROUPS, PAPER_FLOWS
+from anchor_flow.analysis.edges import FINE_GROUPS, PAPER_FLOWS
+from anchor_flow.analysis.flows import InformationFlow
+from anchor_flow.analysis.saliency.result import SaliencyResult
 from anchor_flow.errors import AnchorFlowError
-from anchor_flow.flows import InformationFlow
-from anchor_flow.plotting import (
+from anchor_flow.icl.roles import Role
+from anchor_flow.report.figures.saliency import (
     FLOW_COLOURS,
     ROLE_NAMES,
     plot_flows,
@@ -20,8 +23,6 @@ from anchor_flow.plotting import (
     plot_saliency_heatmap,
     readable_token,
 )
-from anchor_flow.roles import Role
-from anchor_flow.saliency_result import SaliencyResult
 
 B, T, F, L, R, P = Role.BOS, Role.TEXT, Role.FORMAT, Role.LABEL, Role.LABEL_REST, Role.TARGET
 ROLES = [

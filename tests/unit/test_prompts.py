@@ -1,4 +1,4 @@
-"""Unit tests of anchor_flow.prompts and anchor_flow.roles (no model)."""
+"""Unit tests of anchor_flow.icl.prompts and anchor_flow.icl.roles (no model)."""
 
 from __future__ import annotations
 
@@ -17,17 +17,16 @@ from tokenizers.processors import TemplateProcessing
 from transformers import PreTrainedTokenizerFast
 
 from anchor_flow.errors import ContextLengthError, LabelWordError, PromptError
-from anchor_flow.prompts import (
+from anchor_flow.icl.prompts import (
     Example,
     ICLPrompt,
     Template,
     load_prompts,
     save_prompts,
     tokenize_prompts,
-    toy_prompts,
 )
-from anchor_flow.roles import PromptBatch, Role
-from anchor_flow.toy import build_toy_tokenizer
+from anchor_flow.icl.roles import PromptBatch, Role
+from anchor_flow.testbeds.toy import build_toy_tokenizer, toy_prompts
 
 F, T, L, R, G = Role.FORMAT, Role.TEXT, Role.LABEL, Role.LABEL_REST, Role.TARGET
 SENTIMENT = (" Negative", " Positive")
@@ -195,7 +194,7 @@ def test_segments_equal_whole_string(toy_tok, data):
 
 
 def test_segments_that_merge_are_refused(toy_tok):
-    # Segment-wise tokenization differs, so the roles come from offsets (anchor_flow.alignment);
+    # Segment-wise tokenization differs, so the roles come from offsets (anchor_flow.icl.alignment);
     # " wonderful" straddles the query's text and its label prefix: refused, never guessed.
     glued = sentiment_prompt([], query="a wonder", label_prefix="ful\nSentiment:")
     message = (

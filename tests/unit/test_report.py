@@ -1,4 +1,4 @@
-"""Unit tests of anchor_flow.report: one self-contained HTML file, written atomically."""
+"""Unit tests of anchor_flow.report.html: one self-contained HTML file, written atomically."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from anchor_flow.edges import FINE_GROUPS
+from anchor_flow.analysis.edges import FINE_GROUPS
+from anchor_flow.analysis.flows import InformationFlow
+from anchor_flow.analysis.saliency.result import SaliencyResult
 from anchor_flow.errors import AnchorFlowError
-from anchor_flow.flows import InformationFlow
-from anchor_flow.report import ReportSection, write_report
-from anchor_flow.report_sections import saliency_report_sections
-from anchor_flow.roles import Role
-from anchor_flow.saliency_result import SaliencyResult
+from anchor_flow.icl.roles import Role
+from anchor_flow.report.html import ReportSection, write_report
+from anchor_flow.report.sections import saliency_report_sections
 
 BUNDLE_BANNER = "* plotly.js v"
 PLOT_DIV = 'class="plotly-graph-div"'
@@ -116,7 +116,7 @@ def test_failed_write_leaves_no_temporary_file(
     def fail(*args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("anchor_flow.report.os.replace", fail)
+    monkeypatch.setattr("anchor_flow.report.html.os.replace", fail)
     with pytest.raises(OSError, match="disk full"):
         write_report(tmp_path / "report.html", [section("Fine")], title="t")
     assert leftovers(tmp_path) == []

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import Tensor
 
+from anchor_flow.analysis.loyalty import LoyaltyResult
 from anchor_flow.errors import AnchorFlowError, ResultsError
-from anchor_flow.loyalty import LoyaltyResult
-from anchor_flow.result_runs import PooledResult
-from anchor_flow.stats import bootstrap_interval, run_means
+from anchor_flow.results.runs import PooledResult
+from anchor_flow.results.stats import bootstrap_interval, run_means
 
 
 @dataclass(frozen=True)

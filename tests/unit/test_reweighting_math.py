@@ -9,12 +9,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from anchor_flow.applications.reweighting.beta import AnchorReweighting, ReweightingError
+from anchor_flow.applications.reweighting.protocol import ReweightingResult, reweighting_prompts
 from anchor_flow.errors import ResultsError
-from anchor_flow.prompts import Example, tokenize_prompts, toy_prompts
-from anchor_flow.reweighting import AnchorReweighting, ReweightingError
-from anchor_flow.reweighting_protocol import ReweightingResult, reweighting_prompts
-from anchor_flow.roles import Role
-from anchor_flow.tasks import get_task
+from anchor_flow.icl.prompts import Example, tokenize_prompts
+from anchor_flow.icl.roles import Role
+from anchor_flow.icl.tasks import get_task
+from anchor_flow.testbeds.toy import toy_prompts
 
 
 @pytest.fixture

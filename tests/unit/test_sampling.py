@@ -1,4 +1,4 @@
-"""Unit tests of anchor_flow.sampling (no model): the official protocol as an oracle."""
+"""Unit tests of anchor_flow.icl.sampling (no model): the official protocol as an oracle."""
 
 from __future__ import annotations
 
@@ -10,19 +10,19 @@ import numpy as np
 import pytest
 
 from anchor_flow.errors import ContextLengthError
-from anchor_flow.prompts import Example, ICLPrompt, tokenize_prompts
-from anchor_flow.sampling import (
+from anchor_flow.icl.context import fit_to_context
+from anchor_flow.icl.prompts import Example, ICLPrompt, tokenize_prompts
+from anchor_flow.icl.sampling import (
     PAPER_SEEDS,
     SamplingError,
     build_prompts,
-    fit_to_context,
     per_example_demonstrations,
     sample_demonstrations,
     sample_test,
     task_prompts,
 )
-from anchor_flow.tasks import get_task
-from anchor_flow.toy import build_toy_tokenizer
+from anchor_flow.icl.tasks import get_task
+from anchor_flow.testbeds.toy import build_toy_tokenizer
 
 AGNEWS = get_task("agnews")  # 4 classes
 
@@ -223,7 +223,7 @@ def test_fit_to_context_skip_drops_long_prompts_and_logs(mixed_prompts, toy_tok,
     lengths = lengths_of(mixed_prompts, toy_tok)
     limit = max(lengths[0], lengths[2])
     assert lengths[1] > limit
-    with caplog.at_level(logging.WARNING, logger="anchor_flow.sampling"):
+    with caplog.at_level(logging.WARNING, logger="anchor_flow.icl.context"):
         kept, dropped = fit_to_context(mixed_prompts, toy_tok, limit, on_overflow="skip")
     assert kept == [mixed_prompts[0], mixed_prompts[2]]
     assert dropped == 1

@@ -20,11 +20,11 @@ from tokenizers import (
 )
 from transformers import PreTrainedTokenizer
 
-from anchor_flow import alignment
 from anchor_flow.errors import ContextLengthError, LabelWordError, PromptError
-from anchor_flow.prompts import Example, ICLPrompt, Template, tokenize_prompts, toy_prompts
-from anchor_flow.roles import Role
-from anchor_flow.toy import build_toy_tokenizer
+from anchor_flow.icl import alignment
+from anchor_flow.icl.prompts import Example, ICLPrompt, Template, tokenize_prompts
+from anchor_flow.icl.roles import Role
+from anchor_flow.testbeds.toy import build_toy_tokenizer, toy_prompts
 from conftest import sentencepiece_tokenizer
 
 F, T, L, G = (int(r) for r in (Role.FORMAT, Role.TEXT, Role.LABEL, Role.TARGET))

@@ -7,10 +7,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from anchor_flow.data import load_task_data
-from anchor_flow.prompts import Example, ICLPrompt, Role, tokenize_prompts
-from anchor_flow.sampling import SamplingError, task_prompts
-from anchor_flow.synthetic import (
+from anchor_flow.icl.data import load_task_data
+from anchor_flow.icl.prompts import Example, ICLPrompt, Role, tokenize_prompts
+from anchor_flow.icl.sampling import SamplingError, task_prompts
+from anchor_flow.icl.tasks import get_task
+from anchor_flow.testbeds.synthetic import (
     DEFAULT_SPEC,
     SYNTHETIC_TEMPLATE,
     SyntheticError,
@@ -22,7 +23,6 @@ from anchor_flow.synthetic import (
     synthetic_prompts,
     synthetic_vocabulary,
 )
-from anchor_flow.tasks import get_task
 
 
 @pytest.fixture(scope="module")

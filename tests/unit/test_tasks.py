@@ -1,4 +1,5 @@
-"""Unit tests of anchor_flow.tasks: the paper's four tasks, the registry, task description files."""
+"""Unit tests of anchor_flow.icl.tasks: the paper's four tasks, the registry, task description
+files."""
 
 from __future__ import annotations
 
@@ -12,9 +13,16 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Split
 from transformers import PreTrainedTokenizerFast
 
-from anchor_flow.prompts import Example, ICLPrompt, Template, tokenize_prompts
-from anchor_flow.roles import Role
-from anchor_flow.tasks import Task, TaskError, get_task, load_task_file, register_task, task_names
+from anchor_flow.icl.prompts import Example, ICLPrompt, Template, tokenize_prompts
+from anchor_flow.icl.roles import Role
+from anchor_flow.icl.tasks import (
+    Task,
+    TaskError,
+    get_task,
+    load_task_file,
+    register_task,
+    task_names,
+)
 
 # Paper Table 4 (PAPER.md §0.3), written out independently of tasks.py.
 TABLE_4 = {

@@ -24,6 +24,9 @@ protocol (``--task``, ``--data-dir``, ``--seeds``, ``--n-examples``, ``--shots-p
 * ``anchor-flow data`` — saves a task's hub data as a local folder for offline use.
 
 Bad input ends with a one-line error and exit code 2, never a traceback.
+
+May import: analysis, applications, icl, models, report, results, run, testbeds.
+Never imported by: analysis, applications, icl, models, report, results, run, testbeds.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """The ``anchor-flow reweight`` and ``anchor-flow diagnose`` commands (paper §3.1, §3.3; not
 public).
 
-``reweight`` follows Table 1's protocol per seed (:func:`anchor_flow.reweighting_protocol.
-reweighting_prompts`: 1 demonstration per class, 4 extra training examples per class wrapped
-with the same demonstrations, the k-shot baseline with fewer shots when the context is too
-short); ``diagnose`` uses demonstrations fixed per seed (scheme "fixed"). Both pool the seeds,
-write ``reweighting.json`` / ``diagnosis.json`` atomically and re-render ``report.html``.
+``reweight`` follows Table 1's protocol per seed
+(:func:`anchor_flow.applications.reweighting.protocol. reweighting_prompts`: 1 demonstration per
+class, 4 extra training examples per class wrapped with the same demonstrations, the k-shot
+baseline with fewer shots when the context is too short); ``diagnose`` uses demonstrations fixed
+per seed (scheme "fixed"). Both pool the seeds, write ``reweighting.json`` / ``diagnosis.json``
+atomically and re-render ``report.html``.
 """
 
 from __future__ import annotations
@@ -50,14 +51,14 @@ def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def run_reweight_command(args: argparse.Namespace) -> None:
-    from anchor_flow.cli.common import positive
-    from anchor_flow.data import load_task_data
-    from anchor_flow.reweighting_protocol import (
+    from anchor_flow.applications.reweighting.protocol import (
         ReweightingResult,
         reweighting_prompts,
         run_reweighting,
     )
-    from anchor_flow.tasks import get_task
+    from anchor_flow.cli.common import positive
+    from anchor_flow.icl.data import load_task_data
+    from anchor_flow.icl.tasks import get_task
 
     for option in ("epochs", "train_per_class", "train_batch_size"):
         positive("--" + option.replace("_", "-"), getattr(args, option))
@@ -89,8 +90,8 @@ def run_reweight_command(args: argparse.Namespace) -> None:
 
 
 def run_diagnose_command(args: argparse.Namespace) -> None:
-    from anchor_flow.diagnosis import DiagnosisResult, run_diagnosis
-    from anchor_flow.tasks import get_task
+    from anchor_flow.applications.diagnosis.distances import DiagnosisResult, run_diagnosis
+    from anchor_flow.icl.tasks import get_task
 
     model, sets, policy, settings = load_model_and_prompts(args)
     names = get_task(args.task).label_names

@@ -108,9 +108,9 @@ def prompt_sets(
     args: argparse.Namespace, scheme: Scheme, tokenizer: Any, max_length: int | None
 ) -> tuple[dict[str, list[Any]], Policy, dict[str, Any]]:
     """Prompts per seed (key ``"seed-42"``), the label-token policy and the run's settings."""
-    from anchor_flow.data import load_task_data
-    from anchor_flow.pipeline_steps import experiment_prompts
-    from anchor_flow.tasks import get_task
+    from anchor_flow.icl.data import load_task_data
+    from anchor_flow.icl.tasks import get_task
+    from anchor_flow.run.steps import experiment_prompts
 
     task = get_task(args.task)
     policy = args.label_token_policy or task.label_token_policy
@@ -155,9 +155,9 @@ def load_model_for(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     """The model of ``--model/--tl-class/--device``, its adapter and the version settings."""
     import torch
 
-    from anchor_flow import __version__
-    from anchor_flow.loading import load_model
-    from anchor_flow.tl_adapter import adapt, tl_version
+    from anchor_flow._version import __version__
+    from anchor_flow.models.loading import load_model
+    from anchor_flow.models.tl_adapter import adapt, tl_version
 
     dtype = None if args.dtype is None else getattr(torch, args.dtype)
     model = load_model(args.model, tl_class=args.tl_class, device=args.device, dtype=dtype)
@@ -186,8 +186,8 @@ def write_results(
 ) -> None:
     """Save a pooled result with the run's settings, its CSVs and ``<stem>.json``, then
     re-render ``report.html`` from everything in ``out``."""
-    from anchor_flow.pipeline_steps import save_pooled
-    from anchor_flow.report_folder import render_results_folder
+    from anchor_flow.report.folder import render_results_folder
+    from anchor_flow.run.steps import save_pooled
 
     save_pooled(out, stem, pooled, settings, frames)
     render_results_folder(out)

@@ -47,7 +47,7 @@ def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def run_compress_command(args: argparse.Namespace) -> None:
-    from anchor_flow.compression_baselines import CompressionResult, run_compression
+    from anchor_flow.applications.compression.baselines import CompressionResult, run_compression
     from anchor_flow.errors import AnchorFlowError
 
     if args.top_trials < 1:

@@ -8,19 +8,19 @@ from pathlib import Path
 from typing import Any
 
 from anchor_flow.cli.common import Policy, prompt_sets, say
-from anchor_flow.pipeline_steps import write_frame, write_json
+from anchor_flow.run.steps import write_frame, write_json
 
 log = logging.getLogger("anchor_flow")
 
 
 def run_saliency_command(args: argparse.Namespace) -> None:
-    from anchor_flow import __version__
-    from anchor_flow.flows import InformationFlow
-    from anchor_flow.loading import load_model
-    from anchor_flow.prompts import load_prompts
-    from anchor_flow.report_folder import render_results_folder
-    from anchor_flow.saliency import run_saliency
-    from anchor_flow.tl_adapter import adapt, tl_version
+    from anchor_flow._version import __version__
+    from anchor_flow.analysis.flows import InformationFlow
+    from anchor_flow.analysis.saliency.measure import run_saliency
+    from anchor_flow.icl.prompts import load_prompts
+    from anchor_flow.models.loading import load_model
+    from anchor_flow.models.tl_adapter import adapt, tl_version
+    from anchor_flow.report.folder import render_results_folder
 
     if args.prompts is not None:
         prompt_file = load_prompts(args.prompts)
@@ -78,11 +78,11 @@ def run_saliency_command(args: argparse.Namespace) -> None:
 def run_evaluate_command(args: argparse.Namespace) -> None:
     import torch
 
-    from anchor_flow import __version__
-    from anchor_flow.evaluation import run_icl
-    from anchor_flow.loading import load_model
-    from anchor_flow.stats import bootstrap_interval
-    from anchor_flow.tl_adapter import adapt, tl_version
+    from anchor_flow._version import __version__
+    from anchor_flow.icl.evaluation import run_icl
+    from anchor_flow.models.loading import load_model
+    from anchor_flow.models.tl_adapter import adapt, tl_version
+    from anchor_flow.results.stats import bootstrap_interval
 
     model = load_model(args.model, tl_class=args.tl_class, device=args.device)
     adapter = adapt(model)
@@ -124,7 +124,7 @@ def run_evaluate_command(args: argparse.Namespace) -> None:
 
 
 def run_prompts_command(args: argparse.Namespace) -> None:
-    from anchor_flow.prompts import save_prompts
+    from anchor_flow.icl.prompts import save_prompts
 
     sets, _, _ = prompt_sets(args, args.scheme, None, None)
     prompts = [prompt for prompt_set in sets.values() for prompt in prompt_set]
@@ -133,7 +133,7 @@ def run_prompts_command(args: argparse.Namespace) -> None:
 
 
 def run_data_command(args: argparse.Namespace) -> None:
-    from anchor_flow.data import load_task_data, save_task_data
+    from anchor_flow.icl.data import load_task_data, save_task_data
 
     data = load_task_data(args.task)
     folder = save_task_data(data, args.out)
@@ -141,6 +141,6 @@ def run_data_command(args: argparse.Namespace) -> None:
 
 
 def run_report_command(args: argparse.Namespace) -> None:
-    from anchor_flow.report_folder import render_results_folder
+    from anchor_flow.report.folder import render_results_folder
 
     say(f"anchor-flow: wrote {render_results_folder(args.directory)}")

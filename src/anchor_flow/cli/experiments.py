@@ -67,7 +67,7 @@ def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def run_isolation_command(args: argparse.Namespace) -> None:
-    from anchor_flow.isolation import IsolationResult, run_isolation
+    from anchor_flow.analysis.isolation import IsolationResult, run_isolation
 
     model, sets, policy, settings = load_model_and_prompts(args)
     runs = []
@@ -87,7 +87,7 @@ def run_isolation_command(args: argparse.Namespace) -> None:
 
 
 def run_deep_command(args: argparse.Namespace) -> None:
-    from anchor_flow.deep import DeepResult, run_deep
+    from anchor_flow.analysis.deep import DeepResult, run_deep
 
     model, sets, policy, settings = load_model_and_prompts(args)
     runs = [

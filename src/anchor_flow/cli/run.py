@@ -1,7 +1,7 @@
 """The ``anchor-flow run`` command: the whole paper for one model × task (not public).
 
-A thin layer over :func:`anchor_flow.pipeline.run_experiments`: parse the options into a
-:class:`~anchor_flow.pipeline.RunConfig`, load the model, run, say where the results are.
+A thin layer over :func:`anchor_flow.run.pipeline.run_experiments`: parse the options into a
+:class:`~anchor_flow.run.pipeline.RunConfig`, load the model, run, say where the results are.
 With no arguments it runs every experiment on the embedded demo model and its task, offline.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from anchor_flow.cli.common import add_compression_options, choices, load_model_for, say
-from anchor_flow.pipeline import EXPERIMENTS
+from anchor_flow.run.config import EXPERIMENTS
 
 # The paper's 1000 test examples per seed; the built-in models are small enough that fewer
 # examples give tight intervals, and the default run then takes minutes on a laptop CPU.
@@ -62,8 +62,9 @@ def _folder_name(text: str) -> str:
 
 def run_run_command(args: argparse.Namespace) -> None:
     from anchor_flow.cli.common import positive
-    from anchor_flow.loading import builtin_model_names
-    from anchor_flow.pipeline import RunConfig, run_experiments
+    from anchor_flow.models.loading import builtin_model_names
+    from anchor_flow.run.config import RunConfig
+    from anchor_flow.run.pipeline import run_experiments
 
     for option in ("top_trials", "epochs"):
         positive("--" + option.replace("_", "-"), getattr(args, option))

@@ -1,0 +1,8 @@
+"""Figures and the self-contained report.html: reads result objects and folders, never runs a model.
+
+figures/ turns result objects into plotly figures; html writes a page of sections; sections
+holds each experiment's standard sections; folder renders a whole results folder.
+
+May import: analysis, applications, icl, results (errors and tensor_types always).
+Never imported by: models, results, icl, testbeds, analysis, applications.
+"""

@@ -1,0 +1,168 @@
+"""Render the report of a results folder (what ``anchor-flow`` commands and runs wrote).
+
+:func:`render_results_folder` reads every result present in a folder (``saliency.json`` and
+the raw folders ``isolation/``, ``deep/``, ``reweighting/``, ``diagnosis/``, ``compression/``),
+and, for a folder written by :func:`anchor_flow.run.pipeline.run_experiments`, the run record
+``results.json`` (the run's settings, versions, status and timings head the report; only
+experiments it marks complete are shown). Runs no model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from anchor_flow.analysis.deep import DeepResult
+from anchor_flow.analysis.flows import InformationFlow
+from anchor_flow.analysis.isolation import IsolationResult
+from anchor_flow.analysis.saliency.result import SaliencyResult
+from anchor_flow.errors import ResultsError
+from anchor_flow.report.html import ReportSection, write_report
+from anchor_flow.report.sections import (
+    applications_report_sections,
+    compression_report_sections,
+    deep_report_sections,
+    isolation_report_sections,
+    saliency_report_sections,
+)
+from anchor_flow.results.record import load_run
+
+__all__ = ["render_results_folder", "write_saliency_report"]
+
+
+def write_saliency_report(
+    path: str | os.PathLike[str], flow: InformationFlow, result: SaliencyResult | None = None
+) -> Path:
+    """The standard saliency report of one run, with ``flow.settings`` as its settings table."""
+    model = flow.settings.get("model", "model")
+    return write_report(
+        path,
+        saliency_report_sections(flow, result),
+        title=f"Information flow: {model}",
+        settings=flow.settings,
+    )
+
+
+_RUN = (
+    "This report was written by anchor-flow run (anchor_flow.run_experiments): every "
+    "experiment below used the same model, task and seeds. The table lists each experiment's "
+    "status and wall time; results.json in the same folder holds the same information with "
+    "the full summaries, and one CSV per table holds the numbers behind every figure. "
+    "Experiments not marked complete (an interrupted run) are not shown; rerunning the same "
+    "command resumes them. The settings table at the end lists the run's protocol."
+)
+
+
+def _run_section(record: dict[str, Any]) -> ReportSection:
+    rows = [
+        {"experiment": name, "status": entry.get("status"),
+         "seconds": entry.get("seconds"), "finished": entry.get("finished", "")}
+        for name, entry in record.get("experiments", {}).items()
+    ]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=["experiment", "status", "seconds", "finished"])
+    return ReportSection("This run", None, _RUN, table=frame)
+
+
+def _run_settings(record: dict[str, Any]) -> dict[str, Any]:
+    settings: dict[str, Any] = {f"model {k}": v for k, v in record.get("model", {}).items()}
+    settings.update(record.get("settings", {}))
+    settings.update(record.get("settings_resolved", {}))
+    settings.update({f"version {k}": v for k, v in record.get("versions", {}).items()})
+    settings["total seconds"] = record.get("timings", {}).get("total_seconds")
+    return settings
+
+
+def render_results_folder(directory: str | os.PathLike[str]) -> Path:
+    """Render ``report.html`` from every result in ``directory``.
+
+    Reads what the commands wrote: ``saliency.json`` (+ ``saliency/``), ``isolation/``,
+    ``deep/``, ``reweighting/``, ``diagnosis/`` and ``compression/``; each present part adds
+    its sections. In a folder with a run record (``results.json``) only the experiments it
+    marks complete are read, and the run's settings head the report.
+
+    Example:
+        >>> render_results_folder("results/quickstart")  # doctest: +SKIP
+        PosixPath('results/quickstart/report.html')
+    """
+    directory = Path(directory)
+    record = _run_record(directory)
+    complete = None if record is None else {
+        name for name, entry in record.get("experiments", {}).items()
+        if entry.get("status") == "complete"
+    }  # fmt: skip
+
+    def present(name: str, path: Path) -> bool:
+        return path.is_file() and (complete is None or name in complete)
+
+    summary = directory / "saliency.json"
+    flow = InformationFlow.load(summary) if present("saliency", summary) else None
+    isolation = directory / "isolation" / "isolation_meta.json"
+    deep = directory / "deep" / "deep_meta.json"
+    reweighting = directory / "reweighting" / "reweighting_meta.json"
+    diagnosis = directory / "diagnosis" / "diagnosis_meta.json"
+    compression = directory / "compression" / "compression_meta.json"
+    has = {
+        "isolation": present("isolation", isolation), "deep": present("deep", deep),
+        "reweighting": present("reweighting", reweighting),
+        "diagnosis": present("diagnosis", diagnosis),
+        "compression": present("compression", compression),
+    }  # fmt: skip
+    if flow is None and not any(has.values()) and record is None:
+        raise ResultsError(
+            f"{str(directory)!r} holds no results.json, saliency.json, isolation/, deep/, "
+            "reweighting/, diagnosis/ or compression/; expected a results folder written by "
+            "`anchor-flow run` or one of its experiment commands (a run that finished)"
+        )
+    sections: list[ReportSection] = [] if record is None else [_run_section(record)]
+    settings: dict[str, Any] = {} if record is None else _run_settings(record)
+    if flow is not None:
+        # Raw results: saliency/ or saliency/<run>/ (one per seed); heatmaps use the first.
+        runs = sorted(meta.parent for meta in (directory / "saliency").rglob("saliency_meta.json"))
+        sections += saliency_report_sections(flow, SaliencyResult.load(runs[0]) if runs else None)
+        _merge(settings, "", flow.settings, record)
+    if has["isolation"]:
+        isolation_result = IsolationResult.load(isolation.parent)
+        sections += isolation_report_sections(isolation_result)
+        _merge(settings, "isolation ", isolation_result.settings, record)
+    if has["deep"]:
+        deep_result = DeepResult.load(deep.parent)
+        sections += deep_report_sections(deep_result, flow)
+        _merge(settings, "deep ", deep_result.settings, record)
+    if has["reweighting"] or has["diagnosis"]:
+        from anchor_flow.applications.diagnosis.distances import DiagnosisResult
+        from anchor_flow.applications.reweighting.protocol import ReweightingResult
+
+        loaded = [
+            ReweightingResult.load(reweighting.parent) if has["reweighting"] else None,
+            DiagnosisResult.load(diagnosis.parent) if has["diagnosis"] else None,
+        ]
+        sections += applications_report_sections(*loaded)
+        for prefix, result in zip(("reweighting ", "diagnosis "), loaded, strict=True):
+            _merge(settings, prefix, getattr(result, "settings", {}), record)
+    if has["compression"]:
+        compression_sections, compression_settings = compression_report_sections(compression.parent)
+        sections += compression_sections
+        _merge(settings, "", compression_settings, record)
+    model = (record or {}).get("model", {}).get("name") or next(
+        (v for k, v in settings.items() if k.endswith("model") and isinstance(v, str)), None
+    )
+    title = f"Information flow: {model or 'model'}"
+    return write_report(directory / "report.html", sections, title=title, settings=settings)
+
+
+def _run_record(directory: Path) -> dict[str, Any] | None:
+    if not (directory / "results.json").is_file():
+        return None
+    return load_run(directory)
+
+
+def _merge(
+    settings: dict[str, Any], prefix: str, extra: dict[str, Any], record: dict[str, Any] | None
+) -> None:
+    """Add a result's settings; in a run, only those the run record does not already show."""
+    for key, value in extra.items():
+        if record is None or (key not in settings and f"model {key}" not in settings):
+            settings.setdefault(f"{prefix}{key}", value)
