@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +40,11 @@ def model_options() -> argparse.ArgumentParser:
     )
     group.add_argument("--tl-class", choices=["auto", "hooked", "bridge"], default="auto")
     group.add_argument("--device", default=None, help="e.g. cpu, cuda (default: TL's choice)")
+    group.add_argument(
+        "--device-map", type=device_map, default=None, metavar="auto|FILE.json",
+        help="split a bridge model over devices: 'auto' (accelerate) or a JSON file "
+        "{module name: device}, e.g. {\"transformer.h.0\": 0, \"lm_head\": \"cpu\"}",
+    )  # fmt: skip
     group.add_argument(
         "--dtype", choices=["float32", "float16", "bfloat16"], default=None,
         help="model precision (default: float32)",
@@ -151,6 +157,25 @@ def choices(allowed: tuple[str, ...]) -> Any:
     return parse
 
 
+def device_map(text: str) -> str | dict[str, Any]:
+    """``--device-map``: ``auto`` or a JSON file holding ``{module name: device}``."""
+    if text == "auto":
+        return text
+    try:
+        value = json.loads(Path(text).read_text())
+    except (OSError, ValueError) as error:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not 'auto' nor a readable JSON file ({type(error).__name__}); "
+            'expected e.g. {"transformer.h.0": 0, "lm_head": "cpu"}'
+        ) from error
+    if not isinstance(value, dict) or not value:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} holds {type(value).__name__}; expected a non-empty JSON object "
+            "{module name: device}"
+        )
+    return value
+
+
 def load_model_for(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     """The model of ``--model/--tl-class/--device``, its adapter and the version settings."""
     import torch
@@ -160,7 +185,10 @@ def load_model_for(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     from anchor_flow.models.tl_adapter import adapt, tl_version
 
     dtype = None if args.dtype is None else getattr(torch, args.dtype)
-    model = load_model(args.model, tl_class=args.tl_class, device=args.device, dtype=dtype)
+    model = load_model(
+        args.model, tl_class=args.tl_class, device=args.device, dtype=dtype,
+        device_map=args.device_map,
+    )  # fmt: skip
     adapter = adapt(model)
     settings = {
         "model_source": args.model,
@@ -168,6 +196,7 @@ def load_model_for(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
         "anchor_flow": __version__,
         "transformer_lens": tl_version(),
         "device": str(adapter.device),
+        **({"device_map": args.device_map} if args.device_map is not None else {}),
     }
     return model, adapter, settings
 

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from anchor_flow.cli.common import Policy, prompt_sets, say
+from anchor_flow.cli.common import Policy, load_model_for, prompt_sets, say
 from anchor_flow.run.steps import write_frame, write_json
 
 log = logging.getLogger("anchor_flow")
@@ -18,14 +18,13 @@ def run_saliency_command(args: argparse.Namespace) -> None:
     from anchor_flow.analysis.flows import InformationFlow
     from anchor_flow.analysis.saliency.measure import run_saliency
     from anchor_flow.icl.prompts import load_prompts
-    from anchor_flow.models.loading import load_model
-    from anchor_flow.models.tl_adapter import adapt, tl_version
+    from anchor_flow.models.tl_adapter import tl_version
     from anchor_flow.report.folder import render_results_folder
 
     if args.prompts is not None:
         prompt_file = load_prompts(args.prompts)
-    model = load_model(args.model, tl_class=args.tl_class, device=args.device)
-    adapter = adapt(model)
+    # load_model_for honours --dtype and --device-map (these two commands once ignored them).
+    model, adapter, _ = load_model_for(args)
     if args.prompts is not None:
         sets = {"file": prompt_file}
         policy: Policy = args.label_token_policy or "single"
@@ -57,6 +56,7 @@ def run_saliency_command(args: argparse.Namespace) -> None:
         "transformer_lens": tl_version(),
         "model_source": args.model,
         "device": str(adapter.device),
+        "dtype": str(adapter.dtype),
     }
     flow = InformationFlow.concat([r.flows() for r in results.values()])
     flow = InformationFlow(flow.values, settings)
@@ -80,12 +80,11 @@ def run_evaluate_command(args: argparse.Namespace) -> None:
 
     from anchor_flow._version import __version__
     from anchor_flow.icl.evaluation import run_icl
-    from anchor_flow.models.loading import load_model
-    from anchor_flow.models.tl_adapter import adapt, tl_version
+    from anchor_flow.models.tl_adapter import tl_version
     from anchor_flow.results.stats import bootstrap_interval
 
-    model = load_model(args.model, tl_class=args.tl_class, device=args.device)
-    adapter = adapt(model)
+    # load_model_for honours --dtype and --device-map (these two commands once ignored them).
+    model, adapter, _ = load_model_for(args)
     sets, policy, settings = prompt_sets(args, "fixed", adapter.tokenizer, adapter.n_ctx)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -108,6 +107,7 @@ def run_evaluate_command(args: argparse.Namespace) -> None:
             "model": adapter.name,
             "model_source": args.model,
             "tl_class": adapter.kind,
+            "dtype": str(adapter.dtype),
             "label_token_policy": policy,
             "anchor_flow": __version__,
             "transformer_lens": tl_version(),

@@ -80,6 +80,7 @@ def run_run_command(args: argparse.Namespace) -> None:
         batch_size=args.batch_size, experiments=tuple(args.experiments),
         top_trials=args.top_trials, reweighting_epochs=args.epochs,
         position_policy=args.position_policy, compression_engine=args.compression_engine,
+        device_map=args.device_map,
     )  # fmt: skip
     out = args.out or Path("results") / f"{_folder_name(args.model)}-{_folder_name(args.task)}"
     clock = time.perf_counter()

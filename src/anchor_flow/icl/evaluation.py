@@ -225,7 +225,8 @@ def run_icl(
                 final = adapter.final_logits(
                     part.tokens.to(device), part.target_position.to(device)
                 ).float()
-            label = final.gather(1, part.label_token_ids.to(device)).softmax(-1)
+            # A split model unembeds on its last device, not the embedding's.
+            label = final.gather(1, part.label_token_ids.to(final.device)).softmax(-1)
             top = final.softmax(-1).topk(top_k, dim=-1)
             outputs.append((label.cpu(), top.indices.cpu(), top.values.cpu()))
     inverse = torch.argsort(order)

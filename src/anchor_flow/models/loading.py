@@ -32,6 +32,8 @@ __all__ = [
 ]
 
 TLClass = Literal["auto", "hooked", "bridge"]
+#: ``"auto"`` or ``{module name: device}``, as Hugging Face's ``from_pretrained(device_map=...)``.
+DeviceMap = str | dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,9 @@ def from_hf_model(hf_model: Any, tokenizer: Any, *, tl_class: TLClass = "auto") 
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
 
 
-def _load_hf(source: str, *, is_folder: bool, device: Any, dtype: Any) -> tuple[Any, Any]:
+def _load_hf(
+    source: str, *, is_folder: bool, device: Any, dtype: Any, device_map: DeviceMap | None = None
+) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if is_folder:
@@ -173,14 +177,42 @@ def _load_hf(source: str, *, is_folder: bool, device: Any, dtype: Any) -> tuple[
             "the tokenizer next to the weights with tokenizer.save_pretrained(folder)"
         )
     try:
+        placement = {} if device_map is None else {"device_map": device_map}
         hf_model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype or torch.float32, attn_implementation="eager"
+            source, dtype=dtype or torch.float32, attn_implementation="eager", **placement
         )
     except (OSError, ValueError) as error:
         raise ModelLoadError(_unreachable(source, is_folder, "weights", error)) from error
     if device is not None:
         hf_model = hf_model.to(device)
     return hf_model.eval(), tokenizer
+
+
+def _check_device_map(device_map: DeviceMap | None, kind: str, device: Any) -> None:
+    if device_map is None:
+        return
+    if device is not None:
+        raise ModelLoadError(
+            f"device={device!r} and device_map={device_map!r}; expected one of them (the map "
+            "places every module)"
+        )
+    if kind != "bridge":
+        raise ModelLoadError(
+            f"device_map={device_map!r} needs tl_class='bridge' (got {kind!r}); a "
+            "HookedTransformer splits itself over GPUs with n_devices (build it yourself and "
+            "pass the object to load_model)"
+        )
+    if not (device_map == "auto" or (isinstance(device_map, dict) and device_map)):
+        raise ModelLoadError(
+            f"device_map={device_map!r}; expected 'auto' or a non-empty dict of module name -> "
+            "device, as transformers' from_pretrained(device_map=...)"
+        )
+    try:
+        import accelerate  # noqa: F401  (transformers needs it for any device_map)
+    except ImportError as error:
+        raise ModelLoadError(
+            "device_map needs the accelerate package; pip install accelerate"
+        ) from error
 
 
 def _unreachable(source: str, is_folder: bool, what: str, error: Exception) -> str:
@@ -203,6 +235,7 @@ def load_model(
     tl_class: TLClass = "auto",
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    device_map: DeviceMap | None = None,
     check_hooks: bool = True,
 ) -> Any:
     """A TransformerLens model with unprocessed weights and live attention hooks.
@@ -213,6 +246,11 @@ def load_model(
         tl_class: ``"hooked"`` (HookedTransformer, transformer-lens 3.x), ``"bridge"``
             (TransformerBridge) or ``"auto"`` (HookedTransformer where installed).
         device, dtype: where and in which precision to load (default: CPU, float32).
+        device_map: split the model over devices with Hugging Face / accelerate's device map
+            (``"auto"``, or ``{module name: device}`` such as ``{"transformer.h.0": 0, ...,
+            "lm_head": "cpu"}``); TransformerBridge only (a HookedTransformer splits itself
+            with ``n_devices``). Every experiment gathers what it records on one device, so
+            results equal the single-device run. Excludes ``device``.
         check_hooks: run :func:`anchor_flow.models.guards.check_attention_hooks_live`.
 
     Example:
@@ -232,6 +270,7 @@ def load_model(
         model = source
     else:
         kind = _resolve_tl_class(tl_class)
+        _check_device_map(device_map, kind, device)
         if source in _BUILTIN_MODELS:
             folder, is_folder = str(_builtin_folder(source)), True
         else:
@@ -241,7 +280,9 @@ def load_model(
                     f"{source!r} does not exist; expected a built-in name "
                     f"({', '.join(builtin_model_names())}), a checkpoint folder or a hub name"
                 )
-        hf_model, tokenizer = _load_hf(folder, is_folder=is_folder, device=device, dtype=dtype)
+        hf_model, tokenizer = _load_hf(
+            folder, is_folder=is_folder, device=device, dtype=dtype, device_map=device_map
+        )
         name = source if not is_folder or source in _BUILTIN_MODELS else Path(folder).name
         hf_model.config.name_or_path = name
         model = from_hf_model(hf_model, tokenizer, tl_class=kind)

@@ -19,7 +19,7 @@ __all__ = ["COMPRESSION_METHODS", "EXPERIMENTS", "NOT_IN_RESULTS", "RunConfig"]
 EXPERIMENTS = ("saliency", "isolation", "deep", "reweighting", "compression", "diagnosis")
 # Settings a resumed run may change (the record keeps the latest): the results do not depend
 # on them beyond float rounding (the compression engines are tested equal). The dtype does.
-NOT_IN_RESULTS = ("device", "compression_engine")
+NOT_IN_RESULTS = ("device", "compression_engine", "device_map")
 COMPRESSION_METHODS = ("text_anchor", "hidden_random", "hidden_random_top", "hidden_anchor")
 
 
@@ -60,6 +60,8 @@ class RunConfig:
     compression_methods: tuple[str, ...] = COMPRESSION_METHODS
     position_policy: Literal["original", "compact", "restart"] = "original"
     compression_engine: Literal["auto", "cache", "mask"] = "auto"
+    # Recorded, not used by run_experiments (it gets a loaded model): how the CLI placed it.
+    device_map: str | dict[str, Any] | None = None
     top_trials: int = 20
     speed_queries: int = 8
     diagnosis_layer: int | None = None

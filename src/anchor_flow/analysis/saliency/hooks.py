@@ -134,6 +134,7 @@ def saliency_hooks(
     device = groups.device
     # Index 0 collects non-edges (group -1) and is dropped afterwards.
     flat_groups = (groups + 1).reshape(n_batch, -1)
+    groups_on: dict[torch.device, Tensor] = {device: flat_groups}
     recorder = SaliencyHooks(
         fwd_hooks=[],
         bwd_hooks=[],
@@ -178,13 +179,18 @@ def saliency_hooks(
             saliency = contribution.sum(1).abs()
         else:
             saliency = contribution.abs().sum(1)
-        sums = torch.zeros(n_batch, n_groups + 1, device=device, dtype=torch.float32)
-        sums.scatter_add_(1, flat_groups, saliency.reshape(n_batch, -1))
-        recorder.group_sums[:, layer] = sums[:, 1:]
+        # Reduce where the layer lives (a split model), then move the small result to the one
+        # accumulation device.
+        here = saliency.device
+        if here not in groups_on:
+            groups_on[here] = flat_groups.to(here)
+        sums = torch.zeros(n_batch, n_groups + 1, device=here, dtype=torch.float32)
+        sums.scatter_add_(1, groups_on[here], saliency.reshape(n_batch, -1))
+        recorder.group_sums[:, layer] = sums[:, 1:].to(device)
         if recorder.maps is not None:
-            recorder.maps[:, layer] = saliency
+            recorder.maps[:, layer] = saliency.to(device)
         if recorder.head_maps is not None:
-            recorder.head_maps[:, layer] = contribution.abs()
+            recorder.head_maps[:, layer] = contribution.abs().to(device)
         recorder.layers_seen.add(layer)
 
     names = [adapter.pattern_hook_name(layer) for layer in range(adapter.n_layers)]

@@ -95,8 +95,9 @@ class CompressedContext:
             >>> CompressedContext.from_past(past, torch.tensor([0, 3])).key_values[0][0].shape
             torch.Size([1, 2, 2, 4])
         """
-        on_device = kept_positions.to(past[0][0].device)
-        kept = tuple((k[:, on_device], v[:, on_device]) for k, v in past)  # indexing copies
+        # Each layer on its own device: a split model keeps every layer's cache with the layer.
+        on = {k.device: kept_positions.to(k.device) for k, _ in past}
+        kept = tuple((k[:, on[k.device]], v[:, on[k.device]]) for k, v in past)  # copies
         return cls(kept, kept_positions.cpu(), int(past[0][0].shape[1]), position_policy)
 
     def query_position_ids(self, n_query: int) -> Int[Tensor, " n_query"]:
