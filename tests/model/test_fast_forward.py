@@ -189,6 +189,9 @@ def test_bad_fast_options_raise_clear_errors(tl_model):
     with pytest.raises(CompressionError, match="engine='fast' runs the queries without hooks"):
         run_compressed_icl(tl_model, prompts, engine="fast", extra_hooks=hooks)
     args = (tl_model, torch.arange(1, 30), [0, 9], torch.ones(1, 5, dtype=torch.long))
+    unchecked = getattr(measure_token_speedup, "__wrapped__", measure_token_speedup)
+    with pytest.raises(CompressionError, match="engine='turbo'; expected one of"):
+        unchecked(*args, engine="turbo")
     with pytest.raises(CompressionError, match="cuda_graphs=True needs engine='fast'"):
         measure_token_speedup(*args, cuda_graphs=True)
     batch = prompt_batch(tl_model, prompts)
