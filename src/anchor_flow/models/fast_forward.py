@@ -95,7 +95,7 @@ def plain_hf_model(adapter: ModelAdapter) -> torch.nn.Module:
 
     Example:
         >>> hf = plain_hf_model(adapt(bridge))  # doctest: +SKIP
-        >>> hf(tokens).logits  # the bridge's logits, without its hooks  # doctest: +SKIP
+        >>> logits = hf(tokens).logits  # doctest: +SKIP
 
     Raises:
         UnsupportedModelError: ``adapter`` is not a bridge, or the unwrapped model's logits
@@ -151,7 +151,7 @@ class FastForward:
 
     Example:
         >>> fast = FastForward(adapter)  # doctest: +SKIP
-        >>> fast.logits(query, past, position_ids)  # == adapter.forward_logits_with_past(...)
+        >>> logits = fast.logits(query, past, position_ids)  # doctest: +SKIP
 
     Args:
         adapter: the model (:func:`~anchor_flow.models.tl_adapter.adapt`).
