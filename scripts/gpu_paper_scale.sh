@@ -52,7 +52,7 @@ def make_tiny_hf_gpt2():  # as tests/conftest.py (pytest may be missing on the d
 
 tok = build_toy_tokenizer()
 cpu = from_hf_model(make_tiny_hf_gpt2(), tok, tl_class="bridge")
-gpu = from_hf_model(make_tiny_hf_gpt2(), tok, tl_class="bridge").to("cuda")
+gpu = from_hf_model(make_tiny_hf_gpt2().to("cuda"), tok, tl_class="bridge").to("cuda")
 prompts = toy_prompts(6, seed=3)
 worst = 0.0
 for policy in ("original", "compact", "restart"):
