@@ -39,8 +39,15 @@ compressed contexts support) shows the compute-bound regime where it approaches 
 ``--profile TASK`` adds a torch.profiler and a cProfile summary of one compressed query and
 one full forward of that task.
 
+``--engine fast`` times all three runs hook-free (a bridge's own Hugging Face modules,
+:class:`anchor_flow.models.fast_forward.FastForward`), ``--cuda-graphs`` replays them from CUDA
+graphs (CUDA only). Every run first prints the CPU-checkable proxy of per-module overhead:
+Python module calls (``nn.Module`` forwards, counted with a global forward pre-hook) per
+batch-1 compressed query and per full forward, on the ``cache`` path and the ``fast`` path.
+
     python benchmarks/compression.py                          # small + medium on CPU
     python benchmarks/compression.py --device cuda --shapes xl   # the paper's GPT2-XL shape
+    python benchmarks/compression.py --shapes small --engine fast --repeats 3  # hook-free
 """
 
 from __future__ import annotations
@@ -55,7 +62,9 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-SHAPES = {"small": (12, 768, 12), "medium": (24, 1024, 16), "xl": (48, 1600, 25)}
+SHAPES = {
+    "tiny": (4, 256, 4), "small": (12, 768, 12), "medium": (24, 1024, 16), "xl": (48, 1600, 25),
+}  # fmt: skip
 # task: (L_demo, L_x, classes, paper's GPT2-XL speed-up)
 TASKS = {
     "sst2": (18, 19, 2, 1.1), "trec": (61, 7, 6, 1.5),
@@ -99,7 +108,15 @@ def task_tokens(task: str, batch: int, generator):
 
 
 def measure(
-    adapter, shape: str, device: str, repeats: int, warmup: int, batch: int, amortise_over: int
+    adapter,
+    shape: str,
+    device: str,
+    repeats: int,
+    warmup: int,
+    batch: int,
+    amortise_over: int,
+    engine: str = "cache",
+    cuda_graphs: bool = False,
 ) -> list[dict]:
     import torch
 
@@ -113,6 +130,7 @@ def measure(
         results.append(measure_token_speedup(
             adapter, context, kept, queries, name=task, n_demonstrations=classes,
             batch_size=batch, repeats=repeats, warmup=warmup, amortise_over=amortise_over,
+            engine=engine, cuda_graphs=cuda_graphs,
         ))  # fmt: skip
     rows = SpeedupResult.concat(results).summary()["rows"]
     gemm_ms = gemm_skeleton(shape, device)
@@ -121,6 +139,44 @@ def measure(
         row["gemm_ideal"] = gemm_ms(full_len * batch) / gemm_ms(query_len * batch)
         row["of_gemm"] = row["speedup"] / row["gemm_ideal"]
     return [{**row, "shape": shape, "device": device, "tl_class": adapter.kind} for row in rows]
+
+
+def module_calls(adapter, device: str, task: str = "trec") -> None:
+    """Print nn.Module forward calls per batch-1 compressed query and full forward, per path."""
+    import torch
+
+    from anchor_flow.applications.compression.cache import compress_context, compressed_logits
+    from anchor_flow.models.fast_forward import FastForward
+
+    context, kept, queries = task_tokens(task, 1, torch.Generator().manual_seed(0))
+    context, queries = context.to(device), queries[:1].to(device)
+    full = torch.cat([context[None], queries], dim=1)
+    calls = [0]
+
+    def count(module, args):
+        calls[0] += 1
+
+    def counted(run) -> int:
+        calls[0] = 0
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(count)
+        try:
+            run()
+        finally:
+            handle.remove()
+        return calls[0]
+
+    with torch.no_grad():
+        fast = FastForward(adapter)
+        cache = compress_context(adapter, context, kept)
+        runs = {
+            "compressed query": (lambda: compressed_logits(adapter, cache, queries),
+                                 lambda: compressed_logits(adapter, cache, queries, fast=fast)),
+            "full forward": (lambda: adapter.forward_logits(full), lambda: fast.logits(full)),
+        }  # fmt: skip
+        for name, (old, new) in runs.items():
+            print(f"== Python module calls per {name} ({task} lengths, batch 1, "
+                  f"{adapter.n_layers} layers, {adapter.kind}): cache path {counted(old)}, "
+                  f"fast path {counted(new)}")  # fmt: skip
 
 
 def gemm_skeleton(shape: str, device: str):
@@ -228,7 +284,7 @@ def profile(adapter, shape: str, device: str, task: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", default=None, help="comma list of small,medium,xl")
+    parser.add_argument("--shapes", default=None, help="comma list of tiny,small,medium,xl")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tl-class", default="auto", choices=["auto", "hooked", "bridge"])
     parser.add_argument("--repeats", type=int, default=None, help="timed queries per cell")
@@ -236,6 +292,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="queries per forward (paper: 1)")
     parser.add_argument("--amortise-over", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (CPU only)")
+    parser.add_argument(
+        "--engine",
+        default="cache",
+        choices=["cache", "fast"],
+        help="cache: the TL model; fast: hook-free (FastForward)",
+    )
+    parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="with --engine fast on CUDA: replay CUDA graphs (not yet run on a GPU)",
+    )
     parser.add_argument(
         "--profile", default=None, choices=list(TASKS),
         help="also profile one batch-1 compressed query and one full forward of this task",
@@ -253,10 +320,11 @@ def main() -> None:
 
             tl_class = "hooked" if hooked_transformer_class() is not None else "bridge"
         adapter = build(args.child, args.device, tl_class)
+        module_calls(adapter, args.device)
         if args.profile:
             profile(adapter, args.child, args.device, args.profile)
         rows = measure(adapter, args.child, args.device, args.repeats, args.warmup, args.batch,
-                       args.amortise_over)  # fmt: skip
+                       args.amortise_over, args.engine, args.cuda_graphs)  # fmt: skip
         print(json.dumps(rows))
         return
     cuda = args.device.startswith("cuda")
@@ -268,15 +336,16 @@ def main() -> None:
                    "--tl-class", args.tl_class, "--repeats", str(repeats),
                    "--warmup", str(args.warmup), "--threads", str(args.threads),
                    "--batch", str(args.batch), "--amortise-over", str(args.amortise_over),
+                   "--engine", args.engine, *(["--cuda-graphs"] if args.cuda_graphs else []),
                    *(["--profile", args.profile] if args.profile else [])]  # fmt: skip
         out = subprocess.run(command, capture_output=True, text=True, check=False)
         if out.returncode != 0:
             sys.exit(f"{shape}: measurement failed\n{out.stderr[-3000:]}")
         *profiles, last = out.stdout.strip().splitlines()
-        if args.profile:
-            print("\n".join(profiles))
+        print("\n".join(profiles))
         rows += json.loads(last)
-    print(f"device={args.device} tl_class={rows[0]['tl_class']} repeats={repeats} "
+    print(f"device={args.device} tl_class={rows[0]['tl_class']} engine={args.engine}"
+          f"{' +cuda-graphs' if args.cuda_graphs else ''} repeats={repeats} "
           f"(median per forward, batch {args.batch}); "
           f"amortised over {args.amortise_over} queries")  # fmt: skip
     header = (f"{'shape':7} {'task':7} {'L_full':>6} {'kept':>4} {'L_q':>4} {'full ms':>8} "

@@ -169,8 +169,8 @@ def test_bad_engine_options_raise_clear_errors(tl_model):
         run_compressed_icl(tl_model, prompts, engine="mask", position_policy="restart")
     # Without runtime type checking (outside pytest) a bad literal reaches our own check.
     unchecked = getattr(run_compressed_icl_trials, "__wrapped__", run_compressed_icl_trials)
-    with pytest.raises(CompressionError, match="engine='fast'"):
-        unchecked(tl_model, prompts, trials=[0], engine="fast")
+    with pytest.raises(CompressionError, match="engine='turbo'"):
+        unchecked(tl_model, prompts, trials=[0], engine="turbo")
     with pytest.raises(CompressionError, match="at least one non-negative trial"):
         run_compressed_icl_trials(tl_model, prompts, trials=[])
     with pytest.raises(CompressionError, match="batch_size=0"):

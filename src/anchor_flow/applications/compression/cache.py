@@ -34,6 +34,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from anchor_flow.applications.compression.positions import CompressionError
+from anchor_flow.models.fast_forward import FastForward
 from anchor_flow.models.guards import frozen
 from anchor_flow.models.tl_adapter import ModelAdapter, adapt
 
@@ -157,6 +158,7 @@ def compressed_logits(
     query_tokens: Int[Tensor, "batch pos"],
     *,
     extra_hooks: Sequence[tuple[Any, Callable[..., Any]]] = (),
+    fast: FastForward | None = None,
 ) -> Float[Tensor, "batch pos d_vocab"]:
     """Logits of right-padded queries that attend to the compressed context and themselves.
 
@@ -164,10 +166,18 @@ def compressed_logits(
         >>> context = compress_context(model, batch.tokens[0, :end], kept)  # doctest: +SKIP
         >>> logits = compressed_logits(model, context, query.tokens)  # doctest: +SKIP
 
+    Args:
+        fast: run the query through this hook-free forward
+            (:class:`~anchor_flow.models.fast_forward.FastForward`, same logits) instead of the
+            TL model; then no ``extra_hooks``.
+
     Raises:
-        CompressionError: the query's last position id reaches the model's context length.
+        CompressionError: the query's last position id reaches the model's context length,
+            or ``extra_hooks`` together with ``fast``.
     """
-    adapter, device, positions, scope = _query_run(model, context, query_tokens, extra_hooks)
+    adapter, device, positions, scope = _query_run(model, context, query_tokens, extra_hooks, fast)
+    if fast is not None:
+        return fast.logits(query_tokens.to(device), context.key_values, positions)
     with scope:
         return adapter.forward_logits_with_past(
             query_tokens.to(device), context.key_values, positions
@@ -181,6 +191,7 @@ def compressed_final_logits(
     target_position: Int[Tensor, " batch"],
     *,
     extra_hooks: Sequence[tuple[Any, Callable[..., Any]]] = (),
+    fast: FastForward | None = None,
 ) -> Float[Tensor, "batch d_vocab"]:
     """:func:`compressed_logits` at ``target_position[b]`` of each query only: the final norm
     and the unembedding run on one vector per query (what ICL reads), not on every position.
@@ -190,9 +201,13 @@ def compressed_final_logits(
         ...                                 query.target_position)  # doctest: +SKIP
 
     Raises:
-        CompressionError: the query's last position id reaches the model's context length.
+        CompressionError: as :func:`compressed_logits`.
     """
-    adapter, device, positions, scope = _query_run(model, context, query_tokens, extra_hooks)
+    adapter, device, positions, scope = _query_run(model, context, query_tokens, extra_hooks, fast)
+    if fast is not None:
+        return fast.final_logits(
+            query_tokens.to(device), context.key_values, positions, target_position.to(device)
+        )
     with scope:
         return adapter.final_logits_with_past(
             query_tokens.to(device), context.key_values, positions, target_position.to(device)
@@ -204,9 +219,15 @@ def _query_run(
     context: CompressedContext,
     query_tokens: Tensor,
     extra_hooks: Sequence[tuple[Any, Callable[..., Any]]],
+    fast: FastForward | None = None,
 ) -> tuple[ModelAdapter, torch.device, Tensor, contextlib.AbstractContextManager[Any]]:
     """The adapter, the cache's device, the query's position ids and the hook scope."""
     adapter = adapt(model)
+    if fast is not None and extra_hooks:
+        raise CompressionError(
+            "extra_hooks cannot fire in a hook-free forward (fast=...); run the query with "
+            "fast=None (engine='cache')"
+        )
     if not context.key_values:
         raise CompressionError("the context holds no keys/values; build it with compress_context")
     positions = context.query_position_ids(int(query_tokens.shape[1]))

@@ -27,6 +27,10 @@ Engines of :func:`run_compressed_icl` (``engine=``), equal in result (the oracle
   needed). ``extra_hooks`` then see the whole prompt's forward.
 * ``"auto"`` (default): ``"mask"`` for contexts no other prompt shares, if the policy is
   ``"original"``, no ``extra_hooks`` are given and the hooks are live; else ``"cache"``.
+* ``"fast"``: the ``"cache"`` engine with every query run hook-free
+  (:class:`~anchor_flow.models.fast_forward.FastForward`: a bridge's own Hugging Face modules,
+  a HookedTransformer's plain forward): no per-module hook overhead, every position policy,
+  no ``extra_hooks``. The context runs stay TL forwards.
 
 Hidden_random-top's trials (:func:`run_compressed_icl_trials`) share the trial-independent work
 (tokenising, grouping, each shared context's forward, the engine choice). The mask engine
@@ -68,6 +72,7 @@ from anchor_flow.errors import DeadAttentionHooksError
 from anchor_flow.icl.evaluation import ICLResult, prompt_batch
 from anchor_flow.icl.prompts import ICLPrompt
 from anchor_flow.icl.roles import PromptBatch
+from anchor_flow.models.fast_forward import FastForward
 from anchor_flow.models.guards import check_attention_hooks_live, frozen
 from anchor_flow.models.tl_adapter import ModelAdapter, adapt
 
@@ -84,8 +89,8 @@ __all__ = [
     "run_compressed_icl_trials",
 ]
 
-Engine = Literal["auto", "cache", "mask"]
-ENGINES: tuple[str, ...] = ("auto", "cache", "mask")
+Engine = Literal["auto", "cache", "mask", "fast"]
+ENGINES: tuple[str, ...] = ("auto", "cache", "mask", "fast")
 KeepSet = Literal["anchor", "random", "all"]
 HookList = Sequence[tuple[Any, Callable[..., Any]]]
 
@@ -107,9 +112,14 @@ def _group_engines(
     position_policy: str,
     extra_hooks: HookList,
 ) -> list[str]:
-    """``"cache"`` or ``"mask"`` per context group (see the module docstring)."""
-    if engine == "cache":
-        return ["cache"] * len(groups)
+    """``"cache"``, ``"mask"`` or ``"fast"`` per context group (module docstring)."""
+    if engine == "fast" and extra_hooks:
+        raise CompressionError(
+            "engine='fast' runs the queries without hooks; extra_hooks need engine='cache' "
+            "(or 'auto'/'mask')"
+        )
+    if engine in ("cache", "fast"):
+        return [engine] * len(groups)
     if engine == "mask":
         if position_policy != "original":
             raise CompressionError(
@@ -154,6 +164,7 @@ def _evaluate(
         top_tokens[sets, rows], top_probs[sets, rows] = top.indices, top.values
 
     device = adapter.device  # once: the property walks every module
+    fast = FastForward(adapter) if "fast" in engines else None
     masked: list[tuple[int, int, Tensor]] = []  # (set, row, kept)
     for (end, rows), engine in zip(groups, engines, strict=True):
         sets = kept_sets(rows[0])
@@ -167,8 +178,9 @@ def _evaluate(
                 chunk = rows[i : i + batch_size]
                 query = query_batch(batch, chunk, end)
                 final = compressed_final_logits(
-                    adapter, context, query.tokens, query.target_position, extra_hooks=extra_hooks
-                )
+                    adapter, context, query.tokens, query.target_position,
+                    extra_hooks=extra_hooks, fast=fast if engine == "fast" else None,
+                )  # fmt: skip
                 store([s] * len(chunk), chunk, final, query.label_token_ids)
     # Similar lengths share a forward (less padding), as in run_icl.
     lengths = batch.lengths.tolist()
@@ -215,7 +227,8 @@ def run_compressed_icl_trials(
 
     Raises:
         CompressionError: no trials, a negative trial, an unknown ``keep``, policy or engine,
-            ``engine="mask"`` with a policy other than ``"original"``, or bad counts.
+            ``engine="mask"`` with a policy other than ``"original"``, ``engine="fast"`` with
+            ``extra_hooks``, or bad counts.
         DeadAttentionHooksError: ``engine="mask"`` on a model whose attention hooks are dead.
     """
     trials = [int(t) for t in trials]
@@ -256,6 +269,8 @@ def run_compressed_icl_trials(
         "top_k": top_k, "label_token_policy": label_token_policy, "engine": engine,
         "contexts_by_engine": {e: engines.count(e) for e in ("cache", "mask")},
     }  # fmt: skip
+    if engine == "fast":
+        settings["contexts_by_engine"] = {"fast": len(engines)}
     which = [min(i, len(distinct) - 1) for i in range(len(trials))]
     return [
         ICLResult(label_probs[s], batch.gold.clone().cpu(), top_tokens[s], top_probs[s],
@@ -303,7 +318,7 @@ def run_compressed_icl(
         batch_size: queries (cache) or prompts (mask) per forward pass.
         top_k: full-vocabulary tokens kept at the target (word loyalty uses 5).
         label_token_policy: see :func:`anchor_flow.icl.prompts.tokenize_prompts`.
-        engine: ``"auto"``, ``"cache"`` or ``"mask"`` (module docstring).
+        engine: ``"auto"``, ``"cache"``, ``"mask"`` or ``"fast"`` (module docstring).
         extra_hooks: forward hooks active while the queries run (with the cache engine not
             during the context run; with the mask engine the whole prompt runs).
 

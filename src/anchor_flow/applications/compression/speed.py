@@ -27,6 +27,9 @@ are grouped by number of demonstrations: pass prompts with several demonstration
 (e.g. ``shots_per_class`` 1, 2, 4, 8) for a speed-up-vs-length curve.
 ``demo_length`` is the number of tokens before the query (Δ Table 3 gives no unit).
 The three timings of a repeat run back to back, so drifting machine load hits all alike.
+``engine="fast"`` runs all three hook-free (:class:`~anchor_flow.models.fast_forward.FastForward`,
+the same logits; on CUDA with ``cuda_graphs=True`` replayed from CUDA graphs, not yet run on
+a GPU): full prompts and queries then pay the same, smaller, per-module overhead.
 Plotting: :func:`anchor_flow.report.figures.compression.plot_speedup`. Not here: the paper's
 Table 3 shapes (``benchmarks/compression.py``).
 """
@@ -66,10 +69,13 @@ from anchor_flow.applications.compression.speedup_result import (
 from anchor_flow.icl.evaluation import prompt_batch
 from anchor_flow.icl.prompts import ICLPrompt
 from anchor_flow.icl.roles import PromptBatch
+from anchor_flow.models.fast_forward import FastForward
 from anchor_flow.models.guards import frozen
 from anchor_flow.models.tl_adapter import ModelAdapter, adapt
 
-__all__ = ["measure_speedup", "measure_token_speedup"]
+__all__ = ["SPEED_ENGINES", "measure_speedup", "measure_token_speedup"]
+
+SPEED_ENGINES: tuple[str, ...] = ("cache", "fast")
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,14 @@ class _Cell:
     full: list[Tensor]
     queries: list[Tensor]
     query_lengths: list[int]
+
+
+def _fast(adapter: ModelAdapter, engine: str, cuda_graphs: bool) -> FastForward | None:
+    if engine not in SPEED_ENGINES:
+        raise CompressionError(f"engine={engine!r}; expected one of {SPEED_ENGINES}")
+    if cuda_graphs and engine != "fast":
+        raise CompressionError("cuda_graphs=True needs engine='fast'")
+    return FastForward(adapter, cuda_graphs=cuda_graphs) if engine == "fast" else None
 
 
 def _check_counts(batch_size: int, repeats: int, warmup: int, amortise_over: int | None) -> None:
@@ -102,6 +116,7 @@ def _measure(
     amortise_over: int | None,
     position_policy: str,
     d_mlp: int | None,
+    fast: FastForward | None = None,
 ) -> dict[str, Any]:
     """Time one group of cells; a row of :class:`SpeedupResult` as a dict."""
     device = cells[0].context.device
@@ -134,10 +149,11 @@ def _measure(
             for tokens in getattr(cell, what):
                 forward(cache, tokens)  # the output is dropped at once
 
+    plain = adapter.forward_logits if fast is None else fast.logits
     loops = {
-        "full": partial(run, lambda _, tokens: adapter.forward_logits(tokens), "full"),
-        "compressed": partial(run, partial(compressed_logits, adapter), "queries"),
-        "floor": partial(run, lambda _, tokens: adapter.forward_logits(tokens), "queries"),
+        "full": partial(run, lambda _, tokens: plain(tokens), "full"),
+        "compressed": partial(run, partial(compressed_logits, adapter, fast=fast), "queries"),
+        "floor": partial(run, lambda _, tokens: plain(tokens), "queries"),
     }
     for _ in range(warmup):
         for loop in loops.values():
@@ -193,6 +209,8 @@ def measure_speedup(
     position_policy: PositionPolicy = "original",
     label_token_policy: Literal["single", "first", "all"] = "single",
     d_mlp: int | None = None,
+    engine: Literal["cache", "fast"] = "cache",
+    cuda_graphs: bool = False,
 ) -> SpeedupResult:
     """Per-query time of full prompts vs Hidden_anchor queries, by number of demonstrations.
 
@@ -214,15 +232,21 @@ def measure_speedup(
         keep_bos, position_policy: see :mod:`anchor_flow.applications.compression.engines`.
         label_token_policy: see :func:`anchor_flow.icl.prompts.tokenize_prompts`.
         d_mlp: MLP width for :func:`flop_ideal_ratio` (default ``4 * d_model``).
+        engine: ``"cache"`` (the TL model, as the ``cache`` compression engine) or ``"fast"``
+            (all three timings hook-free, module docstring).
+        cuda_graphs: with ``engine="fast"`` on CUDA, replay CUDA graphs (not yet run on a GPU).
 
     Raises:
-        CompressionError: no prompts, or a count below its minimum (``batch_size`` and
-            ``repeats`` >= 1, ``warmup`` >= 0, ``amortise_over`` >= 1).
+        CompressionError: no prompts, a count below its minimum (``batch_size`` and
+            ``repeats`` >= 1, ``warmup`` >= 0, ``amortise_over`` >= 1), an unknown engine, or
+            ``cuda_graphs`` without ``engine="fast"``.
     """
     if len(prompts) == 0:
         raise CompressionError("measure_speedup got no prompts; expected at least one")
     _check_counts(batch_size, repeats, warmup, amortise_over)
     adapter = adapt(model)
+    with frozen(adapter), torch.no_grad():
+        fast = _fast(adapter, engine, cuda_graphs)
     batch = prompt_batch(adapter, prompts, label_token_policy=label_token_policy)
     device = adapter.device
     by_shots: dict[int, list[_Cell]] = {}
@@ -241,12 +265,13 @@ def measure_speedup(
         rows_out = [
             _measure(adapter, f"{shots} demonstrations", shots, cells, repeats=repeats,
                      warmup=warmup, amortise_over=amortise_over,
-                     position_policy=position_policy, d_mlp=d_mlp)
+                     position_policy=position_policy, d_mlp=d_mlp, fast=fast)
             for shots, cells in sorted(by_shots.items())
         ]  # fmt: skip
     settings = _settings(adapter, batch_size=batch_size, repeats=repeats, warmup=warmup,
                          amortise_over=amortise_over, position_policy=position_policy,
-                         keep_bos=keep_bos, device=str(device))  # fmt: skip
+                         keep_bos=keep_bos, device=str(device), engine=engine,
+                         cuda_graphs=cuda_graphs)  # fmt: skip
     return _result(rows_out, settings)
 
 
@@ -264,6 +289,8 @@ def measure_token_speedup(
     amortise_over: int | None = None,
     position_policy: PositionPolicy = "original",
     d_mlp: int | None = None,
+    engine: Literal["cache", "fast"] = "cache",
+    cuda_graphs: bool = False,
 ) -> SpeedupResult:
     """:func:`measure_speedup` for raw tokens: one context, its kept positions and queries.
 
@@ -278,7 +305,7 @@ def measure_token_speedup(
         [[29.0, 3.0, 5.0]]
 
     Raises:
-        CompressionError: no query tokens, bad counts, or a bad keep set.
+        CompressionError: no query tokens, bad counts, a bad keep set or engine.
     """
     if query_tokens.ndim != 2 or query_tokens.numel() == 0:
         raise CompressionError(
@@ -287,6 +314,8 @@ def measure_token_speedup(
         )
     _check_counts(batch_size, repeats, warmup, amortise_over)
     adapter = adapt(model)
+    with frozen(adapter), torch.no_grad():
+        fast = _fast(adapter, engine, cuda_graphs)
     device = adapter.device
     context = context_tokens.flatten().to(device)
     queries = query_tokens.to(device)
@@ -300,8 +329,8 @@ def measure_token_speedup(
     with frozen(adapter), torch.no_grad():
         row = _measure(adapter, name, n_demonstrations, [cell], repeats=repeats, warmup=warmup,
                        amortise_over=amortise_over, position_policy=position_policy,
-                       d_mlp=d_mlp)  # fmt: skip
+                       d_mlp=d_mlp, fast=fast)  # fmt: skip
     settings = _settings(adapter, batch_size=batch_size, repeats=repeats, warmup=warmup,
                          amortise_over=amortise_over, position_policy=position_policy,
-                         device=str(device))  # fmt: skip
+                         device=str(device), engine=engine, cuda_graphs=cuda_graphs)  # fmt: skip
     return _result([row], settings)
