@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 18 on a GPU, every measurement in one call (about 7.5 min at most: each step has a
+# Issues 18 and 17 on a GPU, every measurement and test in one call (under 8 min: each step has a
 # timeout and writes its log under $OUT as it goes). NOT RUN YET: no device was lent to the
 # session that wrote it.
 #
@@ -14,6 +14,8 @@
 #   4. the whole paper for one task (benchmarks/protocol.py) at the GPT2-XL shape, scaled to
 #      100 test prompts x 1 seed to fit the call: per-experiment wall time, prompts/s, peak
 #      memory. (The full 1000 x 5 protocol: --n-examples 1000 --seeds 42,43,44,45,46.)
+#   5. issue 17: pytest -m gpu tests/model/test_devices.py (planted-anchor split between
+#      cuda:0 and the CPU; every experiment equal to the single-device run, 1e-5).
 #
 # Offline: installs only the wheels in .whl/ (ignored by git: run with carry [".whl"]), next
 # to the machine's own torch + CUDA + transformers (< 5.24, see TL_NOTES).
@@ -33,7 +35,7 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers',
 } 2>&1 | tee "$OUT/versions.txt" || exit 1
 
 echo "== 1. checks on CUDA (tiny models)"
-timeout 60 python3 - <<'EOF' 2>&1 | tee "$OUT/checks.txt" || exit 1
+timeout 45 python3 - <<'EOF' 2>&1 | tee "$OUT/checks.txt" || exit 1
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 from anchor_flow.applications.compression.engines import run_compressed_icl
@@ -92,17 +94,26 @@ for run in "cache 1" "fast 1" "fast 1 --cuda-graphs" "fast 16 --cuda-graphs"; do
     set -- $run
     name="compression_xl_${1}_b${2}${3:+_graphs}"
     echo "-- engine $1, batch $2 $3"
-    timeout 70 python3 benchmarks/compression.py --device cuda --shapes xl --tl-class bridge \
+    timeout 50 python3 benchmarks/compression.py --device cuda --shapes xl --tl-class bridge \
         --engine "$1" --batch "$2" $3 --repeats 10 --warmup 2 2>&1 | tee "$OUT/$name.txt"
 done
 
 echo "== 3. saliency at the paper's scale"
-timeout 110 python3 benchmarks/saliency.py --device cuda --shapes xl,llama7b --llama-layers 8 \
+timeout 90 python3 benchmarks/saliency.py --device cuda --shapes xl,llama7b --llama-layers 8 \
     --lengths 128,512 --batches 1,8 --repeats 3 2>&1 | tee "$OUT/saliency_paper_scale.txt"
 
 echo "== 4. the whole paper for one task (scaled: 100 prompts x 1 seed)"
-timeout 130 python3 benchmarks/protocol.py --setting paper --device cuda --n-examples 100 \
+timeout 100 python3 benchmarks/protocol.py --setting paper --device cuda --n-examples 100 \
     --seeds 42 2>&1 | tee "$OUT/protocol_xl.txt"
+
+echo "== 5. issue 17: a model split between cuda:0 and the CPU equals the single-device run"
+if python3 -c "import pytest" 2>/dev/null; then
+    timeout 40 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/model/test_devices.py \
+        2>&1 | tee "$OUT/devices_gpu_tests.txt"
+else
+    echo "pytest is not installed on the device: carry its wheel in .whl/ to run these" \
+        | tee "$OUT/devices_gpu_tests.txt"
+fi
 
 # The tables alone, for a quick look (the reply carries the end of the output).
 {
