@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 
 from anchor_flow.errors import ModelLoadError, UnsupportedModelError
-from anchor_flow.models import guards, tl_adapter, tl_build
+from anchor_flow.models import bos, guards, tl_adapter, tl_build
 
 __all__ = [
     "builtin_model_names",
@@ -141,8 +141,12 @@ def from_hf_model(hf_model: Any, tokenizer: Any, *, tl_class: TLClass = "auto") 
         )
     name = str(getattr(hf_model.config, "name_or_path", "") or type(hf_model).__name__)
     if kind == "hooked":
-        return tl_build.build_hooked_transformer(hf_model.eval(), tokenizer, name=name)
-    return tl_build.build_bridge(hf_model.eval(), tokenizer, name=name)
+        model = tl_build.build_hooked_transformer(hf_model.eval(), tokenizer, name=name)
+    else:
+        model = tl_build.build_bridge(hf_model.eval(), tokenizer, name=name)
+    if tokenizer is not None:  # TL's tokenizer copy always adds BOS; the checkpoint's may not
+        bos.record_checkpoint_bos(model, tokenizer)
+    return model
 
 
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")

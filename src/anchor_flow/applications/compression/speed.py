@@ -246,7 +246,8 @@ def measure_speedup(
         ]  # fmt: skip
     settings = _settings(adapter, batch_size=batch_size, repeats=repeats, warmup=warmup,
                          amortise_over=amortise_over, position_policy=position_policy,
-                         keep_bos=keep_bos, device=str(device))  # fmt: skip
+                         keep_bos=keep_bos, device=str(device),
+                         prepend_bos=batch.has_bos)  # fmt: skip
     return _result(rows_out, settings)
 
 
