@@ -44,6 +44,11 @@ def model_options() -> argparse.ArgumentParser:
         help="model precision (default: float32)",
     )  # fmt: skip
     group.add_argument("--batch-size", type=int, default=8)
+    group.add_argument(
+        "--prepend-bos", choices=["auto", "yes", "no"], default="auto",
+        help="start prompts with BOS: auto = as the checkpoint's own tokenizer does (GPT-2: "
+        "no, as the paper; Llama-style: yes), or force it (default: auto)",
+    )  # fmt: skip
     return options
 
 
@@ -163,6 +168,7 @@ def load_model_for(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     model = load_model(args.model, tl_class=args.tl_class, device=args.device, dtype=dtype)
     adapter = adapt(model)
     settings = {
+        "prepend_bos": apply_prepend_bos(model, args),
         "model_source": args.model,
         "tl_class": adapter.kind,
         "anchor_flow": __version__,
@@ -170,6 +176,20 @@ def load_model_for(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
         "device": str(adapter.device),
     }
     return model, adapter, settings
+
+
+def apply_prepend_bos(model: Any, args: argparse.Namespace) -> bool:
+    """``--prepend-bos`` for the model this command loaded; returns the resolved choice."""
+    from anchor_flow.models.bos import (
+        prepend_bos_option,
+        remember_prepend_bos,
+        resolved_prepend_bos,
+    )
+
+    forced = prepend_bos_option(getattr(args, "prepend_bos", "auto"))
+    if forced is not None:
+        remember_prepend_bos(model, forced)
+    return resolved_prepend_bos(model, forced)
 
 
 def load_model_and_prompts(

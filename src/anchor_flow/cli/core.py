@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from anchor_flow.cli.common import Policy, prompt_sets, say
+from anchor_flow.cli.common import Policy, apply_prepend_bos, prompt_sets, say
 from anchor_flow.run.steps import write_frame, write_json
 
 log = logging.getLogger("anchor_flow")
@@ -25,6 +26,7 @@ def run_saliency_command(args: argparse.Namespace) -> None:
     if args.prompts is not None:
         prompt_file = load_prompts(args.prompts)
     model = load_model(args.model, tl_class=args.tl_class, device=args.device)
+    apply_prepend_bos(model, args)
     adapter = adapt(model)
     if args.prompts is not None:
         sets = {"file": prompt_file}
@@ -58,8 +60,9 @@ def run_saliency_command(args: argparse.Namespace) -> None:
         "model_source": args.model,
         "device": str(adapter.device),
     }
-    flow = InformationFlow.concat([r.flows() for r in results.values()])
-    flow = InformationFlow(flow.values, settings)
+    flow = InformationFlow.concat([r.flows() for r in results.values()],
+                                  aggregation=args.seed_aggregation)  # fmt: skip
+    flow = replace(flow, settings={**settings, "seed_aggregation": flow.aggregation})
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     for name, result in results.items():
@@ -85,6 +88,7 @@ def run_evaluate_command(args: argparse.Namespace) -> None:
     from anchor_flow.results.stats import bootstrap_interval
 
     model = load_model(args.model, tl_class=args.tl_class, device=args.device)
+    apply_prepend_bos(model, args)
     adapter = adapt(model)
     sets, policy, settings = prompt_sets(args, "fixed", adapter.tokenizer, adapter.n_ctx)
     out: Path = args.out

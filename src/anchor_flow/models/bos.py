@@ -21,9 +21,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["checkpoint_prepends_bos", "record_checkpoint_bos", "tokenizer_prepends_bos"]
+__all__ = [
+    "checkpoint_prepends_bos",
+    "forced_prepend_bos",
+    "prepend_bos_option",
+    "record_checkpoint_bos",
+    "remember_prepend_bos",
+    "resolved_prepend_bos",
+    "tokenizer_prepends_bos",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -100,3 +109,57 @@ def checkpoint_prepends_bos(model_or_tokenizer: Any) -> bool | None:
         )
         return None
     return record_checkpoint_bos(model_or_tokenizer, own)
+
+
+def resolved_prepend_bos(model: Any, prepend_bos: bool | None = None) -> bool:
+    """The BOS choice a run with ``prepend_bos`` gets: forced, else the checkpoint's own,
+    else what the model's tokenizer does (what results record)."""
+    if prepend_bos is not None:
+        return prepend_bos
+    known = checkpoint_prepends_bos(model)
+    if known is not None:
+        return known
+    tokenizer = getattr(model, "tokenizer", None)
+    return tokenizer is not None and tokenizer_prepends_bos(tokenizer)
+
+
+@contextlib.contextmanager
+def forced_prepend_bos(model: Any, prepend_bos: bool | None) -> Iterator[None]:
+    """Within the block, ``prepend_bos=None`` means ``prepend_bos`` for ``model`` and its
+    tokenizer (``None``: no change); the previous record is restored afterwards, also after
+    an exception. The run uses it for ``RunConfig.prepend_bos``.
+
+    Example:
+        >>> with forced_prepend_bos(model, True):  # doctest: +SKIP
+        ...     run_icl(model, prompts)  # every prompt starts with BOS
+    """
+    if prepend_bos is None:
+        yield
+        return
+    keys = [k for k in (model, getattr(model, "tokenizer", None)) if k is not None]
+    before = [_lookup(k) for k in keys]
+    for key in keys:
+        _remember(key, prepend_bos)
+    try:
+        yield
+    finally:
+        for key, value in zip(keys, before, strict=True):
+            if value is None:
+                with contextlib.suppress(TypeError, KeyError):
+                    del _RECORDED[key]
+            else:
+                _remember(key, value)
+
+
+def remember_prepend_bos(model: Any, prepend_bos: bool) -> None:
+    """From now on ``prepend_bos=None`` means ``prepend_bos`` for ``model`` (the CLI's
+    ``--prepend-bos yes/no`` for the model it loaded; library code uses
+    :func:`forced_prepend_bos`, which restores the record)."""
+    for key in (model, getattr(model, "tokenizer", None)):
+        if key is not None:
+            _remember(key, prepend_bos)
+
+
+def prepend_bos_option(choice: str) -> bool | None:
+    """``"auto"`` -> None, ``"yes"`` -> True, ``"no"`` -> False (the CLI's and RunConfig's)."""
+    return {"auto": None, "yes": True, "no": False}[choice]
