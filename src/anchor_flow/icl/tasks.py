@@ -56,6 +56,9 @@ class Task:
         label_words: the word each class is answered with, leading space included.
         label_names: human-readable class names (plots, confusion matrices).
         hub_id, hub_config: the Hugging Face dataset (``None`` for local-only tasks).
+        hub_parquet_config: the config folder of the hub's parquet conversion
+            (``refs/convert/parquet``), read when the main branch is a loading script
+            (default: ``hub_config``, else ``"default"``; EmoC's is ``"emo2019"``).
         train_split, test_split: the demonstration pool and the evaluation split.
         text_column, label_column: columns of the dataset's rows.
         label_token_policy: how multi-token label words are handled (see
@@ -76,6 +79,7 @@ class Task:
     label_names: tuple[str, ...]
     hub_id: str | None = None
     hub_config: str | None = None
+    hub_parquet_config: str | None = None
     train_split: str = "train"
     test_split: str = "test"
     text_column: str = "text"
@@ -283,6 +287,7 @@ register_task(
         # coarse_label order of the current dataset (ABBR, ENTY, DESC, HUM, LOC, NUM).
         label_names=("abbreviation", "entity", "description", "human", "location", "number"),
         hub_id="CogComp/trec",
+        hub_parquet_config="default",  # main holds trec.py only (PAPER.md §0.2)
         label_column="coarse_label",
         label_token_policy="first",  # " Abbreviation" is several GPT-2 tokens (paper: first)
         description="TREC question type (coarse), 6 classes",
@@ -295,6 +300,7 @@ register_task(
         label_words=(" Others", " Happy", " Sad", " Angry"),
         label_names=("others", "happy", "sad", "angry"),
         hub_id="SemEvalWorkshop/emo",
+        hub_parquet_config="emo2019",  # main holds emo.py only (PAPER.md §0.2)
         description="EmoContext (SemEval 2019 task 3) emotion, 4 classes",
     )
 )

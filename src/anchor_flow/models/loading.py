@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 
 from anchor_flow.errors import ModelLoadError, UnsupportedModelError
-from anchor_flow.models import bos, guards, tl_adapter, tl_build
+from anchor_flow.models import bos, guards, hub, tl_adapter, tl_build
 
 __all__ = [
     "builtin_model_names",
@@ -167,10 +167,14 @@ def _load_hf(source: str, *, is_folder: bool, device: Any, dtype: Any) -> tuple[
                 f"{source!r} has no weights (no *.safetensors or *.bin); expected a Hugging "
                 "Face checkpoint folder saved with model.save_pretrained(folder)"
             )
+    # Without the hub, read the local cache only: no minute of retries (models/hub.py).
+    unreachable = None if is_folder else hub.hub_unreachable()
+    local = {"local_files_only": True} if unreachable else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, **local)
     except (OSError, ValueError, TypeError, KeyError) as error:
-        raise ModelLoadError(_unreachable(source, is_folder, "tokenizer files", error)) from error
+        message = _unreachable(source, is_folder, "tokenizer files", error)
+        raise ModelLoadError(message + (f" ({unreachable})" if unreachable else "")) from error
     if len(tokenizer) <= 1:
         raise ModelLoadError(
             f"{source!r} has no usable tokenizer files (vocabulary of {len(tokenizer)}); save "
@@ -178,7 +182,7 @@ def _load_hf(source: str, *, is_folder: bool, device: Any, dtype: Any) -> tuple[
         )
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype or torch.float32, attn_implementation="eager"
+            source, dtype=dtype or torch.float32, attn_implementation="eager", **local
         )
     except (OSError, ValueError) as error:
         raise ModelLoadError(_unreachable(source, is_folder, "weights", error)) from error
