@@ -161,6 +161,7 @@ def load_task_file(path: str | os.PathLike[str]) -> Task:
     The file holds ``name``, ``format`` (e.g. ``"Review: {text}\\nSentiment:{label}"``) and
     ``label_words``; optionally ``label_names``, ``separator``, ``text_column``,
     ``label_column``, ``train_split``, ``test_split``, ``hub_id``, ``hub_config``,
+    ``hub_parquet_config``,
     ``label_token_policy`` and ``description``. The data itself is read from ``--data-dir``
     (see :mod:`anchor_flow.icl.data`).
     """
@@ -180,7 +181,7 @@ def load_task_file(path: str | os.PathLike[str]) -> Task:
     known = {
         "name", "format", "label_words", "label_names", "separator", "text_column",
         "label_column", "train_split", "test_split", "hub_id", "hub_config",
-        "label_token_policy", "description",
+        "hub_parquet_config", "label_token_policy", "description",
     }  # fmt: skip
     unknown = sorted(set(spec) - known)
     if unknown:
@@ -196,13 +197,14 @@ def load_task_file(path: str | os.PathLike[str]) -> Task:
         key: spec[key]
         for key in (
             "text_column", "label_column", "train_split", "test_split", "hub_id", "hub_config",
-            "label_token_policy", "description",
+            "hub_parquet_config", "label_token_policy", "description",
         )
         if key in spec
     }  # fmt: skip
     separator = spec.get("separator", "\n")
     for key, value in (*optional.items(), ("separator", separator)):
-        if not isinstance(value, str) and not (value is None and key in ("hub_id", "hub_config")):
+        nullable = ("hub_id", "hub_config", "hub_parquet_config")
+        if not isinstance(value, str) and not (value is None and key in nullable):
             raise TaskError(f"{str(path)!r}: {key} must be a string, got {value!r}")
     policy = optional.get("label_token_policy", "single")
     if policy not in ("single", "first", "all"):
