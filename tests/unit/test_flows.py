@@ -116,3 +116,58 @@ def test_bootstrap_interval_errors_and_single_row():
         bootstrap_interval(torch.rand(0, 2))
     low, high = bootstrap_interval(torch.tensor([[2.0]]))
     assert low.item() == high.item() == 2.0
+
+
+# Seed A: two prompts with mean flows [2, 1, 1] -> shares [0.5, 0.25, 0.25];
+# seed B: one prompt [1, 2, 1] -> shares [0.25, 0.5, 0.25]. One layer.
+SEED_A = torch.tensor([[[1.0], [1.0], [2.0]], [[3.0], [1.0], [0.0]]])
+SEED_B = torch.tensor([[[1.0], [2.0], [1.0]]])
+
+
+def test_per_seed_aggregation_is_the_papers_normalise_then_average():
+    flow = InformationFlow.concat(
+        [InformationFlow(SEED_A), InformationFlow(SEED_B)], aggregation="per_seed"
+    )
+    # By hand: mean of [0.5, 0.25, 0.25] and [0.25, 0.5, 0.25].
+    assert flow.normalised()[:, 0].tolist() == pytest.approx([0.375, 0.375, 0.25])
+    assert flow.mean()[:, 0].tolist() == pytest.approx([1.5, 1.5, 1.0])
+
+
+def test_pooled_aggregation_pools_the_prompts_first():
+    flow = InformationFlow.concat([InformationFlow(SEED_A), InformationFlow(SEED_B)])
+    assert flow.aggregation == "pooled"
+    # By hand: pooled means [5/3, 4/3, 1], sum 4.
+    assert flow.normalised()[:, 0].tolist() == pytest.approx([5 / 12, 4 / 12, 3 / 12])
+
+
+def test_seed_aggregation_is_written_and_read_back(tmp_path):
+    runs = [InformationFlow(torch.rand(4, 3, 2)), InformationFlow(torch.rand(6, 3, 2))]
+    flow = InformationFlow.concat(runs, aggregation="per_seed")
+    frame = flow.to_frame()
+    assert set(frame["seed_aggregation"]) == {"per_seed"}
+    assert set(frame["n_seeds"]) == {2}
+    assert frame[frame.flow == "S_wp"]["normalised"].to_numpy() == pytest.approx(
+        ((runs[0].normalised() + runs[1].normalised()) / 2)[0].numpy()
+    )
+    flow.save(tmp_path / "saliency.json")
+    loaded = InformationFlow.load(tmp_path / "saliency.json")
+    assert loaded.aggregation == "per_seed"
+    assert torch.equal(loaded.normalised(), flow.normalised())
+    assert json.loads((tmp_path / "saliency.json").read_text())["seed_aggregation"] == "per_seed"
+
+
+def test_per_seed_interval_resamples_within_seeds_and_holds_the_estimate():
+    generator = torch.Generator().manual_seed(2)
+    runs = [InformationFlow(torch.rand(30, 3, 2, generator=generator)) for _ in range(3)]
+    flow = InformationFlow.concat(runs, aggregation="per_seed")
+    low, high = flow.interval(normalised=True)
+    assert bool((low <= flow.normalised()).all() and (flow.normalised() <= high).all())
+    assert torch.equal(low, flow.interval(normalised=True)[0])  # seeded
+
+
+def test_unknown_seed_aggregation_in_a_file_is_refused(tmp_path):
+    path = tmp_path / "saliency.json"
+    InformationFlow(SEED_B).save(path)
+    path.write_text(path.read_text().replace('"pooled"', '"mean"'))
+    with pytest.raises(ResultsError, match="seed_aggregation='mean'; expected one of per_seed"):
+        InformationFlow.load(path)

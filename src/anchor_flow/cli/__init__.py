@@ -77,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
         "--head-reduction", choices=["sum_then_abs", "abs_then_sum"], default="sum_then_abs"
     )
     saliency.add_argument(
+        "--seed-aggregation", choices=["per_seed", "pooled"], default="per_seed",
+        help="normalise each seed's mean flows, then average (the paper's notebook; default), "
+        "or pool the prompts of all seeds first",
+    )  # fmt: skip
+    saliency.add_argument(
         "--keep-maps", action="store_true", help="keep per-layer maps for heatmaps (memory)"
     )
     saliency.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -50,6 +50,11 @@ def model_options() -> argparse.ArgumentParser:
         help="model precision (default: float32)",
     )  # fmt: skip
     group.add_argument("--batch-size", type=int, default=8)
+    group.add_argument(
+        "--prepend-bos", choices=["auto", "yes", "no"], default="auto",
+        help="start prompts with BOS: auto = as the checkpoint's own tokenizer does (GPT-2: "
+        "no, as the paper; Llama-style: yes), or force it (default: auto)",
+    )  # fmt: skip
     return options
 
 
@@ -191,6 +196,7 @@ def load_model_for(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     )  # fmt: skip
     adapter = adapt(model)
     settings = {
+        "prepend_bos": apply_prepend_bos(model, args),
         "model_source": args.model,
         "tl_class": adapter.kind,
         "anchor_flow": __version__,
@@ -199,6 +205,20 @@ def load_model_for(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
         **({"device_map": args.device_map} if args.device_map is not None else {}),
     }
     return model, adapter, settings
+
+
+def apply_prepend_bos(model: Any, args: argparse.Namespace) -> bool:
+    """``--prepend-bos`` for the model this command loaded; returns the resolved choice."""
+    from anchor_flow.models.bos import (
+        prepend_bos_option,
+        remember_prepend_bos,
+        resolved_prepend_bos,
+    )
+
+    forced = prepend_bos_option(getattr(args, "prepend_bos", "auto"))
+    if forced is not None:
+        remember_prepend_bos(model, forced)
+    return resolved_prepend_bos(model, forced)
 
 
 def load_model_and_prompts(

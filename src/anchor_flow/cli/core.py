@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,9 @@ def run_saliency_command(args: argparse.Namespace) -> None:
         "device": str(adapter.device),
         "dtype": str(adapter.dtype),
     }
-    flow = InformationFlow.concat([r.flows() for r in results.values()])
-    flow = InformationFlow(flow.values, settings)
+    flow = InformationFlow.concat([r.flows() for r in results.values()],
+                                  aggregation=args.seed_aggregation)  # fmt: skip
+    flow = replace(flow, settings={**settings, "seed_aggregation": flow.aggregation})
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     for name, result in results.items():

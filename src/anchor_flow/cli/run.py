@@ -52,6 +52,11 @@ def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     run.add_argument("--top-trials", type=int, default=20, help="Hidden_random-top sets (20)")
     add_compression_options(run, "--compression-engine")
     run.add_argument("--epochs", type=int, default=10, help="re-weighting epochs (10)")
+    run.add_argument(
+        "--seed-aggregation", choices=["per_seed", "pooled"], default="per_seed",
+        help="saliency flows: normalise each seed's mean, then average (the paper's; default) "
+        "or pool the prompts of all seeds first",
+    )  # fmt: skip
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -75,7 +80,8 @@ def run_run_command(args: argparse.Namespace) -> None:
     config = RunConfig(
         task=str(args.task), seeds=tuple(args.seeds), n_examples=n_examples,
         shots_per_class=args.shots_per_class, fix_class_order=args.fix_class_order,
-        label_token_policy=args.label_token_policy, on_overflow=args.on_overflow,
+        label_token_policy=args.label_token_policy, prepend_bos=args.prepend_bos,
+        seed_aggregation=args.seed_aggregation, on_overflow=args.on_overflow,
         data_dir=None if args.data_dir is None else str(args.data_dir),
         batch_size=args.batch_size, experiments=tuple(args.experiments),
         top_trials=args.top_trials, reweighting_epochs=args.epochs,

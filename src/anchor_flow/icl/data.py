@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from anchor_flow.icl.hub import LOCAL_HINT, hub_frame
 from anchor_flow.icl.prompts import Example
 from anchor_flow.icl.tasks import Task, TaskError, get_task
 
@@ -32,10 +33,7 @@ logger = logging.getLogger(__name__)
 
 EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
 _FALLBACK_COLUMNS = ("text", "label")
-_LOCAL_HINT = (
-    "Put train/test files in a folder and pass data_dir=... (--data-dir DIR): "
-    "DIR/train.jsonl and DIR/test.jsonl with columns text,label"
-)
+_LOCAL_HINT = LOCAL_HINT
 
 
 @dataclass(frozen=True)
@@ -118,7 +116,7 @@ def load_task_data(task: Task | str, *, data_dir: str | os.PathLike[str] | None 
     source = f"hub:{task.hub_id}" + (f"/{task.hub_config}" if task.hub_config else "")
     splits = {}
     for role, split in (("train", task.train_split), ("test", task.test_split)):
-        frame = _hub_frame(task, split)
+        frame = hub_frame(task, split)
         splits[role] = _frame_examples(frame, task, f"{source} split {split!r}")
     return TaskData(task=task, train=splits["train"], test=splits["test"], source=source)
 
@@ -274,28 +272,6 @@ def _read_frame(path: Path) -> Any:  # -> pandas.DataFrame
             f"cannot parse {str(path)!r} as {suffix[1:]} ({type(error).__name__}: {error}); "
             "expected one record per row with a text and a label column"
         ) from error
-
-
-def _hub_frame(task: Task, split: str) -> Any:  # -> pandas.DataFrame
-    try:
-        import datasets
-    except ImportError as error:  # pragma: no cover - datasets is a dependency
-        raise TaskError(f"the datasets package is not installed. {_LOCAL_HINT}") from error
-    name = repr(task.hub_id) + (f" ({task.hub_config})" if task.hub_config else "")
-    try:
-        dataset = datasets.load_dataset(task.hub_id, task.hub_config, split=split)
-    except Exception as error:  # datasets/huggingface_hub raise many types (offline, 404, ...)
-        reason = f"{type(error).__name__}: {error} (split {split!r})"
-        if "script" in str(error).lower() or "trust_remote_code" in str(error):
-            reason += (
-                "; this datasets version does not run the dataset's loading script: use a "
-                "version of the dataset without a script, or convert it to local files once"
-            )
-        raise TaskError(
-            f"cannot load dataset {name} from the Hugging Face hub: {reason}. Offline? "
-            f"{_LOCAL_HINT}"
-        ) from error
-    return dataset.to_pandas()
 
 
 def _frame_examples(frame: Any, task: Task, where: str) -> tuple[Example, ...]:

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from anchor_flow.errors import AnchorFlowError
 from anchor_flow.icl.prompts import ICLPrompt, tokenize_prompts
 from anchor_flow.icl.roles import PromptBatch
+from anchor_flow.models.bos import checkpoint_prepends_bos
 from anchor_flow.models.guards import check_attention_hooks_live, frozen
 from anchor_flow.models.tl_adapter import ModelAdapter, adapt
 from anchor_flow.results.files import StoredResult
@@ -234,6 +235,7 @@ def run_icl(
         "model": adapter.name,
         "tl_class": adapter.kind,
         "label_token_policy": label_token_policy,
+        "prepend_bos": batch.has_bos,
         "batch_size": batch_size,
         "top_k": top_k,
         "n_extra_hooks": len(extra_hooks),
@@ -279,6 +281,8 @@ def _as_batch(
         raise AnchorFlowError(
             "the model has no tokenizer; tokenize the prompts yourself and pass a PromptBatch"
         )
+    if prepend_bos is None:
+        prepend_bos = checkpoint_prepends_bos(adapter.model)
     return tokenize_prompts(
         list(prompts),
         adapter.tokenizer,

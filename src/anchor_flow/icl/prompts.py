@@ -34,6 +34,7 @@ from anchor_flow.icl.roles import (
     resolve_bos,
     stack_rows,
 )
+from anchor_flow.models.bos import checkpoint_prepends_bos
 
 __all__ = [
     "Example",
@@ -270,8 +271,11 @@ def tokenize_prompts(
     Args:
         prompts: the prompts; all must have the same number of classes.
         tokenizer: a Hugging Face tokenizer (called with ``add_special_tokens=False``).
-        prepend_bos: None does what the tokenizer does with ``add_special_tokens=True``
-            (GPT-2: no BOS, as in the paper; Llama-style: BOS); True/False force it.
+        prepend_bos: None does what the checkpoint's own tokenizer does with
+            ``add_special_tokens=True`` (GPT-2, GPT-J, GPT-NeoX: no BOS, as in the paper;
+            Llama-style: BOS), also for the tokenizer copy of a model from
+            :func:`anchor_flow.load_model`, which TransformerLens rebuilt to always add BOS
+            (:func:`anchor_flow.models.bos.checkpoint_prepends_bos`); True/False force it.
         label_token_policy: "single" refuses multi-token label words; "first" makes the first
             token the anchor (LABEL) and the rest LABEL_REST (the paper); "all" marks all LABEL.
         max_length: the model's context length; None uses ``tokenizer.model_max_length`` when
@@ -303,6 +307,8 @@ def tokenize_prompts(
     codec = TokenCache(tokenizer)
     encode, decode = codec.encode, codec.decode
     piece = alignment.token_piece(tokenizer)
+    if prepend_bos is None:  # a TL model's tokenizer copy adds BOS; the checkpoint may not
+        prepend_bos = checkpoint_prepends_bos(tokenizer)
     bos = resolve_bos(tokenizer, prepend_bos)
     if max_length is None:
         limit = getattr(tokenizer, "model_max_length", None)

@@ -136,6 +136,11 @@ class PromptBatch:
         return self.roles != Role.PAD
 
     @property
+    def has_bos(self) -> bool:
+        """Whether the rows start with a BOS token (what results record as ``prepend_bos``)."""
+        return bool((self.roles[:, 0] == Role.BOS).any())
+
+    @property
     def lengths(self) -> Int[Tensor, " batch"]:
         """Number of real tokens per row."""
         return self.attention_mask.sum(-1)

@@ -56,6 +56,9 @@ class Task:
         label_words: the word each class is answered with, leading space included.
         label_names: human-readable class names (plots, confusion matrices).
         hub_id, hub_config: the Hugging Face dataset (``None`` for local-only tasks).
+        hub_parquet_config: the config folder of the hub's parquet conversion
+            (``refs/convert/parquet``), read when the main branch is a loading script
+            (default: ``hub_config``, else ``"default"``; EmoC's is ``"emo2019"``).
         train_split, test_split: the demonstration pool and the evaluation split.
         text_column, label_column: columns of the dataset's rows.
         label_token_policy: how multi-token label words are handled (see
@@ -76,6 +79,7 @@ class Task:
     label_names: tuple[str, ...]
     hub_id: str | None = None
     hub_config: str | None = None
+    hub_parquet_config: str | None = None
     train_split: str = "train"
     test_split: str = "test"
     text_column: str = "text"
@@ -157,6 +161,7 @@ def load_task_file(path: str | os.PathLike[str]) -> Task:
     The file holds ``name``, ``format`` (e.g. ``"Review: {text}\\nSentiment:{label}"``) and
     ``label_words``; optionally ``label_names``, ``separator``, ``text_column``,
     ``label_column``, ``train_split``, ``test_split``, ``hub_id``, ``hub_config``,
+    ``hub_parquet_config``,
     ``label_token_policy`` and ``description``. The data itself is read from ``--data-dir``
     (see :mod:`anchor_flow.icl.data`).
     """
@@ -176,7 +181,7 @@ def load_task_file(path: str | os.PathLike[str]) -> Task:
     known = {
         "name", "format", "label_words", "label_names", "separator", "text_column",
         "label_column", "train_split", "test_split", "hub_id", "hub_config",
-        "label_token_policy", "description",
+        "hub_parquet_config", "label_token_policy", "description",
     }  # fmt: skip
     unknown = sorted(set(spec) - known)
     if unknown:
@@ -192,13 +197,14 @@ def load_task_file(path: str | os.PathLike[str]) -> Task:
         key: spec[key]
         for key in (
             "text_column", "label_column", "train_split", "test_split", "hub_id", "hub_config",
-            "label_token_policy", "description",
+            "hub_parquet_config", "label_token_policy", "description",
         )
         if key in spec
     }  # fmt: skip
     separator = spec.get("separator", "\n")
     for key, value in (*optional.items(), ("separator", separator)):
-        if not isinstance(value, str) and not (value is None and key in ("hub_id", "hub_config")):
+        nullable = ("hub_id", "hub_config", "hub_parquet_config")
+        if not isinstance(value, str) and not (value is None and key in nullable):
             raise TaskError(f"{str(path)!r}: {key} must be a string, got {value!r}")
     policy = optional.get("label_token_policy", "single")
     if policy not in ("single", "first", "all"):
@@ -283,6 +289,7 @@ register_task(
         # coarse_label order of the current dataset (ABBR, ENTY, DESC, HUM, LOC, NUM).
         label_names=("abbreviation", "entity", "description", "human", "location", "number"),
         hub_id="CogComp/trec",
+        hub_parquet_config="default",  # main holds trec.py only (PAPER.md §0.2)
         label_column="coarse_label",
         label_token_policy="first",  # " Abbreviation" is several GPT-2 tokens (paper: first)
         description="TREC question type (coarse), 6 classes",
@@ -295,6 +302,7 @@ register_task(
         label_words=(" Others", " Happy", " Sad", " Angry"),
         label_names=("others", "happy", "sad", "angry"),
         hub_id="SemEvalWorkshop/emo",
+        hub_parquet_config="emo2019",  # main holds emo.py only (PAPER.md §0.2)
         description="EmoContext (SemEval 2019 task 3) emotion, 4 classes",
     )
 )

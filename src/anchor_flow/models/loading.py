@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 
 from anchor_flow.errors import ModelLoadError, UnsupportedModelError
-from anchor_flow.models import guards, tl_adapter, tl_build
+from anchor_flow.models import bos, guards, hub, tl_adapter, tl_build
 
 __all__ = [
     "builtin_model_names",
@@ -143,8 +143,12 @@ def from_hf_model(hf_model: Any, tokenizer: Any, *, tl_class: TLClass = "auto") 
         )
     name = str(getattr(hf_model.config, "name_or_path", "") or type(hf_model).__name__)
     if kind == "hooked":
-        return tl_build.build_hooked_transformer(hf_model.eval(), tokenizer, name=name)
-    return tl_build.build_bridge(hf_model.eval(), tokenizer, name=name)
+        model = tl_build.build_hooked_transformer(hf_model.eval(), tokenizer, name=name)
+    else:
+        model = tl_build.build_bridge(hf_model.eval(), tokenizer, name=name)
+    if tokenizer is not None:  # TL's tokenizer copy always adds BOS; the checkpoint's may not
+        bos.record_checkpoint_bos(model, tokenizer)
+    return model
 
 
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
@@ -167,10 +171,14 @@ def _load_hf(
                 f"{source!r} has no weights (no *.safetensors or *.bin); expected a Hugging "
                 "Face checkpoint folder saved with model.save_pretrained(folder)"
             )
+    # Without the hub, read the local cache only: no minute of retries (models/hub.py).
+    unreachable = None if is_folder else hub.hub_unreachable()
+    local = {"local_files_only": True} if unreachable else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, **local)
     except (OSError, ValueError, TypeError, KeyError) as error:
-        raise ModelLoadError(_unreachable(source, is_folder, "tokenizer files", error)) from error
+        message = _unreachable(source, is_folder, "tokenizer files", error)
+        raise ModelLoadError(message + (f" ({unreachable})" if unreachable else "")) from error
     if len(tokenizer) <= 1:
         raise ModelLoadError(
             f"{source!r} has no usable tokenizer files (vocabulary of {len(tokenizer)}); save "
@@ -179,7 +187,11 @@ def _load_hf(
     try:
         placement = {} if device_map is None else {"device_map": device_map}
         hf_model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype or torch.float32, attn_implementation="eager", **placement
+            source,
+            dtype=dtype or torch.float32,
+            attn_implementation="eager",
+            **placement,
+            **local,
         )
     except (OSError, ValueError) as error:
         raise ModelLoadError(_unreachable(source, is_folder, "weights", error)) from error

@@ -139,8 +139,8 @@ def warn_if_value_biases_folded(model: Any) -> bool:
     # Neither TL 3.9 nor 4.3 records fold_value_biases on cfg or the bridge, so read weights.
     try:
         b_v, b_o = adapter.model.b_V, adapter.model.b_O
-    except (AttributeError, KeyError, RuntimeError, NotImplementedError):
-        return False
+    except (AttributeError, KeyError, RuntimeError, NotImplementedError, TypeError):
+        return False  # TypeError: TL 3.9's bridge stacks None for a model without biases
     if not isinstance(b_v, Tensor) or not isinstance(b_o, Tensor):
         return False
     folded = bool((b_v == 0).all()) and bool((b_o != 0).any())

@@ -91,6 +91,18 @@ _HEATMAP = (
 )
 
 
+def seed_aggregation_note(flow: InformationFlow) -> str:
+    """One sentence on how the seeds were combined (``flow.aggregation``)."""
+    if flow.n_runs == 1:
+        return " One seed (no aggregation over seeds)."
+    if flow.aggregation == "per_seed":
+        return (f" Seed aggregation per_seed (the paper's order): each of the {flow.n_runs} "
+                "seeds' mean flows is normalised, then the curves are averaged; bands resample "
+                "prompts within each seed.")  # fmt: skip
+    return (f" Seed aggregation pooled: the prompts of all {flow.n_runs} seeds are pooled, "
+            "then normalised once (the paper normalises each seed, then averages).")  # fmt: skip
+
+
 def saliency_report_sections(
     flow: InformationFlow, result: SaliencyResult | None = None
 ) -> list[ReportSection]:
@@ -119,7 +131,7 @@ def saliency_report_sections(
         ReportSection(
             "Relative information flow per layer",
             plot_flows(flow, normalised=True, ci=True),
-            _FLOWS_NORMALISED.format(level=level),
+            _FLOWS_NORMALISED.format(level=level) + seed_aggregation_note(flow),
         ),
         ReportSection(
             "Mean saliency per edge",

@@ -32,7 +32,9 @@ class RunConfig:
     small models), re-weighting with Adam lr 0.01 for 10 epochs, 20 Hidden_random-top trials,
     diagnosis at 2/3 of the depth with M=10 principal components. ``speed_queries`` test
     examples of the first seed, at 1, 2 and 4 demonstrations per class, time the compressed
-    vs the full prompt (Table 3).
+    vs the full prompt (Table 3). ``prepend_bos="auto"`` starts prompts with BOS only where
+    the checkpoint's own tokenizer does (not GPT-2, as in the paper); ``seed_aggregation``
+    ``"per_seed"`` normalises each seed's mean flows, then averages (the paper's notebook).
 
     Example:
         >>> RunConfig(task="demo-k3", n_examples=50, experiments=("saliency", "deep")).seeds
@@ -45,6 +47,7 @@ class RunConfig:
     shots_per_class: int = 1
     fix_class_order: bool = False
     label_token_policy: Literal["single", "first", "all"] | None = None
+    prepend_bos: Literal["auto", "yes", "no"] = "auto"
     on_overflow: Literal["error", "skip"] = "error"
     data_dir: str | None = None
     batch_size: int = 8
@@ -52,6 +55,7 @@ class RunConfig:
     top_k: int = 5
     saliency_loss: Literal["gold", "predicted"] = "gold"
     saliency_gradient: Literal["pattern", "scores"] = "pattern"
+    seed_aggregation: Literal["per_seed", "pooled"] = "per_seed"
     isolation_layer_counts: tuple[int, ...] | None = None
     isolation_mode: Literal["renormalise", "zero"] = "renormalise"
     reweighting_epochs: int = 10

@@ -36,7 +36,7 @@ from anchor_flow.report.folder import render_results_folder
 from anchor_flow.results.files import write_atomic
 from anchor_flow.results.record import SCHEMA, load_run
 from anchor_flow.run.config import NOT_IN_RESULTS, RunConfig
-from anchor_flow.run.steps import STEP_FILES, STEPS, RunContext, model_info
+from anchor_flow.run.steps import STEP_FILES, RunContext, model_info, run_step
 
 __all__ = ["run_experiments"]
 
@@ -169,7 +169,7 @@ def run_experiments(
         record["experiments"][name] = {"status": "running", "started": started}
         _write_json(directory / "results.json", {**record, "updated": _now()})
         try:
-            summary = STEPS[name](context)
+            summary = run_step(name, context)
         except BaseException as error:
             record["experiments"][name] = {
                 "status": "failed", "started": started, "error": f"{type(error).__name__}: "

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from anchor_flow.results.files import write_atomic
 from anchor_flow.run.config import RunConfig
 
-__all__ = ["STEPS", "STEP_FILES", "RunContext", "model_info", "save_pooled"]
+__all__ = ["STEPS", "STEP_FILES", "RunContext", "model_info", "run_step", "save_pooled"]
 
 Scheme = Literal["fixed", "per_example"]
 
@@ -98,8 +98,10 @@ class RunContext:
         task = get_task(config.task)
         policy = config.label_token_policy or task.label_token_policy
         data = load_task_data(task, data_dir=config.data_dir)
-        resolved = {"task": task.name, "data": data.source, "label_token_policy": policy,
-                    "class_names": list(task.label_names)}  # fmt: skip
+        resolved: dict[str, Any] = {"task": task.name, "data": data.source,
+                                    "label_token_policy": policy,
+                                    "class_names": list(task.label_names)}  # fmt: skip
+        resolved["prepend_bos"] = _resolved_bos(model, config)
         return cls(model, adapter, config, out, progress, task, data, policy, resolved)
 
     def prompt_sets(self, scheme: Scheme) -> dict[str, list[Any]]:
@@ -166,8 +168,9 @@ def _saliency(run: RunContext) -> dict[str, Any]:
     first = next(iter(results.values()))
     settings = {**first.settings, **run.settings("per_example"),
                 "n_prompts": sum(r.n_prompts for r in results.values())}  # fmt: skip
-    flow = InformationFlow.concat([r.flows() for r in results.values()])
-    flow = InformationFlow(flow.values, settings)
+    flow = InformationFlow.concat([r.flows() for r in results.values()],
+                                  aggregation=run.config.seed_aggregation)  # fmt: skip
+    flow = replace(flow, settings={**settings, "seed_aggregation": flow.aggregation})
     for name, result in results.items():
         result.save(run.out / "saliency" / name)
     write_frame(run.out / "flows.csv", flow.to_frame())
@@ -308,6 +311,20 @@ def _diagnosis(run: RunContext) -> dict[str, Any]:
     pooled = DiagnosisResult.concat(runs)
     return save_pooled(run.out, "diagnosis", pooled, run.settings("fixed"),
                        {"diagnosis.csv": pooled.to_frame()})  # fmt: skip
+
+
+def _resolved_bos(model: Any, config: RunConfig) -> bool:
+    from anchor_flow.models.bos import prepend_bos_option, resolved_prepend_bos
+
+    return resolved_prepend_bos(model, prepend_bos_option(config.prepend_bos))
+
+
+def run_step(name: str, run: RunContext) -> dict[str, Any]:
+    """``STEPS[name](run)`` with ``RunConfig.prepend_bos`` in force for the run's model."""
+    from anchor_flow.models.bos import forced_prepend_bos, prepend_bos_option
+
+    with forced_prepend_bos(run.model, prepend_bos_option(run.config.prepend_bos)):
+        return STEPS[name](run)
 
 
 STEPS: dict[str, Callable[[RunContext], dict[str, Any]]] = {

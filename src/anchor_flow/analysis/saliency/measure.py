@@ -34,6 +34,7 @@ from anchor_flow.analysis.saliency.result import SaliencyResult
 from anchor_flow.errors import AnchorFlowError
 from anchor_flow.icl.prompts import ICLPrompt, tokenize_prompts
 from anchor_flow.icl.roles import PromptBatch
+from anchor_flow.models.bos import checkpoint_prepends_bos
 from anchor_flow.models.guards import check_attention_hooks_live, frozen
 from anchor_flow.models.tl_adapter import ModelAdapter, adapt
 
@@ -199,7 +200,7 @@ def run_saliency(
         batch = tokenize_prompts(
             list(prompts),
             adapter.tokenizer,
-            prepend_bos=prepend_bos,
+            prepend_bos=checkpoint_prepends_bos(model) if prepend_bos is None else prepend_bos,
             label_token_policy=label_token_policy,
             max_length=adapter.n_ctx,
         )
@@ -241,6 +242,7 @@ def run_saliency(
         "gradient": gradient,
         "head_reduction": head_reduction,
         "label_token_policy": label_token_policy,
+        "prepend_bos": batch.has_bos,
         "batch_size": batch_size,
         "n_layers": adapter.n_layers,
         "n_heads": adapter.n_heads,

@@ -253,7 +253,8 @@ def run_compression(
     batch = prompt_batch(adapter, prompts, label_token_policy=label_token_policy)
     full = run_icl(adapter, batch, batch_size=batch_size, top_k=top_k, progress=progress)
     shared = {"position_policy": position_policy, "keep_bos": keep_bos, "seed": seed,
-              "batch_size": batch_size, "top_k": top_k, "engine": engine}  # fmt: skip
+              "batch_size": batch_size, "top_k": top_k, "engine": engine,
+              "prepend_bos": batch.has_bos}  # fmt: skip
 
     def score(result: ICLResult) -> tuple[Tensor, Tensor]:
         return result.predictions, word_loyalty(full.top_tokens, result.top_tokens)

@@ -267,6 +267,7 @@ def run_compressed_icl_trials(
         "model": adapter.name, "tl_class": adapter.kind, "compression": keep,
         "position_policy": position_policy, "keep_bos": keep_bos, "seed": seed,
         "top_k": top_k, "label_token_policy": label_token_policy, "engine": engine,
+        "prepend_bos": batch.has_bos,
         "contexts_by_engine": {e: engines.count(e) for e in ("cache", "mask")},
     }  # fmt: skip
     if engine == "fast":

@@ -271,7 +271,7 @@ def measure_speedup(
     settings = _settings(adapter, batch_size=batch_size, repeats=repeats, warmup=warmup,
                          amortise_over=amortise_over, position_policy=position_policy,
                          keep_bos=keep_bos, device=str(device), engine=engine,
-                         cuda_graphs=cuda_graphs)  # fmt: skip
+                         cuda_graphs=cuda_graphs, prepend_bos=batch.has_bos)  # fmt: skip
     return _result(rows_out, settings)
 
 

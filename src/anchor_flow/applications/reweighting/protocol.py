@@ -338,6 +338,7 @@ def run_reweighting(
         "renormalise": renormalise,
         "seed": seed,
         "label_token_policy": label_token_policy,
+        "prepend_bos": vanilla.settings["prepend_bos"],
         "n_parameters": fit.reweighting.beta.numel(),
     }
     return ReweightingResult(
