@@ -46,7 +46,7 @@ def test_compress_command_refuses_bad_options(tmp_path, capsys):
 
 def test_compress_engines_give_the_same_results(tmp_path, capsys):
     summaries = {}
-    for engine in ("cache", "mask"):
+    for engine in ("cache", "mask", "fast"):
         out = tmp_path / engine
         # planted-anchor: learned positions, so TL 3.x's HookedTransformer can run the cache.
         code = main(["compress", "--model", "planted-anchor", "--task", "synthetic-k3",
@@ -61,7 +61,11 @@ def test_compress_engines_give_the_same_results(tmp_path, capsys):
 
     assert len(values("cache")) == 15
     assert values("mask") == pytest.approx(values("cache"), abs=1e-6)
+    assert values("fast") == pytest.approx(values("cache"), abs=1e-6)
     assert summaries["mask"]["random_top_trials"] == summaries["cache"]["random_top_trials"]
+    trials = [{k: pytest.approx(v, abs=1e-6) for k, v in row.items()}
+              for row in summaries["cache"]["random_top_trials"]]  # fmt: skip
+    assert summaries["fast"]["random_top_trials"] == trials
 
 
 def test_compress_mask_engine_refuses_other_position_policies(tmp_path, capsys):

@@ -240,7 +240,7 @@ def test_a_deleted_output_file_makes_the_experiment_rerun(tmp_path: Path) -> Non
         (["run", "--n-examples", "0"], "--n-examples=0; expected a positive integer"),
         (["run", "--seeds", "4x"], "not a comma-separated list of integers"),
         (["run", "--top-trials", "0"], "--top-trials=0; expected a positive integer"),
-        (["run", "--compression-engine", "fast"], "invalid choice: 'fast'"),
+        (["run", "--compression-engine", "turbo"], "invalid choice: 'turbo'"),
     ],
 )
 def test_bad_arguments_give_one_line_errors(

@@ -101,10 +101,10 @@ def add_compression_options(parser: argparse.ArgumentParser, engine_flag: str) -
         "the kept positions, or from 0 (official GPT2-XL code)",
     )  # fmt: skip
     parser.add_argument(
-        engine_flag, choices=["auto", "cache", "mask"], default="auto",
-        help="how compressed prompts run: a key/value cache per context, or one masked "
-        "batched forward ('original' positions only); the results are the same (default: "
-        "auto)",
+        engine_flag, choices=["auto", "cache", "mask", "fast"], default="auto",
+        help="how compressed prompts run: a key/value cache per context, one masked "
+        "batched forward ('original' positions only), or the cache without hooks (fast: "
+        "the underlying Hugging Face / TL forward); the results are the same (default: auto)",
     )  # fmt: skip
 
 

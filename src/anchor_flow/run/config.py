@@ -63,7 +63,7 @@ class RunConfig:
     train_per_class: int = 4
     compression_methods: tuple[str, ...] = COMPRESSION_METHODS
     position_policy: Literal["original", "compact", "restart"] = "original"
-    compression_engine: Literal["auto", "cache", "mask"] = "auto"
+    compression_engine: Literal["auto", "cache", "mask", "fast"] = "auto"
     # Recorded, not used by run_experiments (it gets a loaded model): how the CLI placed it.
     device_map: str | dict[str, Any] | None = None
     top_trials: int = 20
