@@ -78,7 +78,9 @@ def test_task_from_a_description_file_and_a_local_folder(tmp_path, capsys):
     data.mkdir()
     rows = [("a dull and lifeless film", "negative"), ("a wonderful and moving film", "positive")]
     for split in ("train", "test"):
-        pd.DataFrame(rows * 3, columns=["text", "label"]).to_csv(data / f"{split}.csv", index=False)
+        pd.DataFrame([rows[0]] * 4 + [rows[1]] * 2, columns=["text", "label"]).to_csv(
+            data / f"{split}.csv", index=False
+        )
     task_file = tmp_path / "mytask.json"
     task_file.write_text(
         json.dumps(
