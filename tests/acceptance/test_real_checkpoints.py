@@ -88,5 +88,10 @@ def test_main_job_on_gpt2_and_sst2(gpt2: Any, tmp_path) -> None:
     record = run_experiments(gpt2, tmp_path, config, progress=False)
     assert all(e["status"] == "complete" for e in record["experiments"].values())
     accuracy = record["experiments"]["saliency"]["summary"]["accuracy"]["seed-42"]
-    assert 0.0 <= accuracy <= 1.0
+    from anchor_flow.analysis.saliency.result import SaliencyResult
+
+    raw = SaliencyResult.load(tmp_path / "saliency" / "seed-42")
+    assert accuracy == pytest.approx(
+        float((raw.label_probs.argmax(-1) == raw.gold).double().mean())
+    )
     assert (tmp_path / "report.html").stat().st_size > 1_000_000  # plotly.js inline

@@ -6,10 +6,12 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 from anchor_flow.analysis.flows import InformationFlow
 from anchor_flow.analysis.saliency.result import SaliencyResult
 from anchor_flow.cli import main
+from anchor_flow.icl.evaluation import ICLResult
 from anchor_flow.icl.prompts import load_prompts
 
 QUICK = ["--n-examples", "6", "--seeds", "42", "--quiet"]
@@ -23,17 +25,26 @@ def test_saliency_command_writes_every_output(tmp_path, capsys):
     assert summary["schema"] == "anchor_flow.information_flow/1"
     assert summary["n_prompts"] == 6
     assert len(summary["layers"]) == summary["n_layers"] == 6  # the demo model, the default
+    # The layer means and shares, recomputed from the per-prompt flows in the same file.
+    per_prompt = torch.tensor(summary["per_prompt"], dtype=torch.float64)  # [prompt, flow, layer]
+    means = per_prompt.nanmean(0)
     for layer in summary["layers"]:
-        shares = [layer[f"{name}_normalised"] for name in ("S_wp", "S_pq", "S_ww")]
-        assert sum(shares) == pytest.approx(1.0)
-        assert all(layer[name] >= 0 for name in ("S_wp", "S_pq", "S_ww"))
+        column = means[:, layer["layer"]]
+        for i, name in enumerate(("S_wp", "S_pq", "S_ww")):
+            assert layer[name] == pytest.approx(float(column[i]), rel=1e-9)
+            assert layer[f"{name}_normalised"] == pytest.approx(
+                float(column[i] / column.sum()), rel=1e-9
+            )
     settings = summary["settings"]
     for key in ("model", "loss", "gradient", "head_reduction", "transformer_lens", "task", "seeds"):
         assert key in settings
     assert settings["task"] == "demo-k3"
     assert settings["demonstrations"] == "per_example"
-    assert 0.0 <= summary["accuracy"]["seed-42"] <= 1.0
     assert InformationFlow.load(out / "saliency.json").n_prompts == 6
+    # The accuracy, recomputed from the saved per-prompt probabilities and gold labels.
+    raw = SaliencyResult.load(out / "saliency" / "seed-42")
+    right = (raw.label_probs.argmax(-1) == raw.gold).double().mean()
+    assert summary["accuracy"]["seed-42"] == pytest.approx(float(right))
     frame = pd.read_csv(out / "flows.csv")
     assert set(frame["flow"]) == {"S_wp", "S_pq", "S_ww"}
     assert SaliencyResult.load(out / "saliency" / "seed-42").n_prompts == 6
@@ -67,7 +78,9 @@ def test_task_from_a_description_file_and_a_local_folder(tmp_path, capsys):
     data.mkdir()
     rows = [("a dull and lifeless film", "negative"), ("a wonderful and moving film", "positive")]
     for split in ("train", "test"):
-        pd.DataFrame(rows * 3, columns=["text", "label"]).to_csv(data / f"{split}.csv", index=False)
+        pd.DataFrame([rows[0]] * 4 + [rows[1]] * 2, columns=["text", "label"]).to_csv(
+            data / f"{split}.csv", index=False
+        )
     task_file = tmp_path / "mytask.json"
     task_file.write_text(
         json.dumps(
@@ -87,7 +100,10 @@ def test_task_from_a_description_file_and_a_local_folder(tmp_path, capsys):
     assert summary["settings"]["task"] == "my-sentiment"
     assert summary["settings"]["data"].startswith("local:")
     assert [row["n_examples"] for row in summary["per_seed"]] == [6, 6]
-    assert 0.0 <= summary["accuracy_mean"] <= 1.0
+    per_seed = [ICLResult.load(out / "icl" / f"seed-{s}") for s in (42, 43)]
+    right = [float((r.label_probs.argmax(-1) == r.gold).double().mean()) for r in per_seed]
+    assert [row["accuracy"] for row in summary["per_seed"]] == pytest.approx(right)
+    assert summary["accuracy_mean"] == pytest.approx(sum(right) / 2)
     assert (out / "icl.csv").read_text().startswith("run,n_examples,accuracy")
 
 

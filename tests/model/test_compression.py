@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 from anchor_flow.analysis.blocking import block_edges_hooks
+from anchor_flow.analysis.loyalty import METRICS
 from anchor_flow.applications.compression.baselines import CompressionResult, run_compression
 from anchor_flow.applications.compression.cache import (
     compress_context,
@@ -192,3 +195,42 @@ def test_hidden_anchor_keeps_planted_anchor_behaviour_and_hidden_random_does_not
     assert frame["hidden_anchor", "accuracy"] >= frame["icl", "accuracy"] - 0.05
     assert frame["hidden_random", "label_loyalty"] < 0.7  # 3 classes: chance 1/3
     assert frame["hidden_random", "accuracy"] < frame["icl", "accuracy"] - 0.2
+
+
+def test_hidden_random_top_reports_the_best_trial():
+    # The demo model's outcome depends on which text positions are kept (the tiny random
+    # model's does not), so the trials differ and keeping another one would show.
+    from anchor_flow.icl.sampling import task_prompts
+    from anchor_flow.icl.tasks import get_task
+
+    torch.set_num_threads(1)
+    prompts = task_prompts(get_task("demo-k3"), (), (), seed=42, n_examples=16)
+    result = run_compression(
+        load_model("demo"), prompts, methods=("hidden_random_top",), seed=5, n_top_trials=6
+    )
+    label_loyalty = result.trials[0, :, 0]
+    assert float(label_loyalty.min()) < float(label_loyalty.max()), "the trials must differ"
+    chosen = int(result.chosen_trial[0])
+    assert float(label_loyalty[chosen]) == float(label_loyalty.max())
+    reported = [float(result.per_prompt(m)[0].nanmean()) for m in METRICS]
+    assert reported == pytest.approx(result.trials[0, chosen].tolist(), abs=1e-6)
+    frame = result.trials_frame()
+    assert frame.loc[frame.chosen, "trial"].tolist() == [chosen]
+    means = result.summary_frame().set_index(["method", "metric"])["mean"]
+    for metric, value in zip(METRICS, result.trials[0, chosen].tolist(), strict=True):
+        assert float(means["hidden_random_top", metric]) == pytest.approx(value, abs=1e-6)
+
+
+def test_chosen_trial_must_index_the_trials():
+    fields = dict(
+        methods=("hidden_random_top",), baseline_predictions=torch.tensor([0, 1]),
+        predictions=torch.tensor([[0, 0]]), word_jaccard=torch.tensor([[1.0, 0.5]]),
+        gold=torch.tensor([0, 1]), run=torch.tensor([0, 0]), run_names=("seed-0",),
+        trials=torch.zeros(1, 3, 3),
+    )  # fmt: skip
+    result = CompressionResult(**fields, chosen_trial=torch.tensor([2]))
+    assert result.trials_frame().chosen.tolist() == [False, False, True]
+    for bad in ([3], [-1]):
+        message = f"chosen_trial {bad} for trials of shape (1, 3, 3); expected one index in 0..2"
+        with pytest.raises(CompressionError, match=re.escape(message)):
+            CompressionResult(**fields, chosen_trial=torch.tensor(bad))

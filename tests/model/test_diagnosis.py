@@ -108,7 +108,10 @@ def test_planted_diagnosis_correlation_and_sensitivity(planted_diagnosis, tmp_pa
     assert result.n_runs == 2
     assert result.settings["layer"] == 1
     rho = result.correlation()
-    assert -1.0 <= rho <= 1.0
+    # The sign of rho is not determined on this fixture (it flips across seeds); the sign is
+    # tested on data with a known confusion (tests/unit/test_diagnosis_known_confusion.py).
+    # Four classes give six pairs with a real confusion, so rho is defined.
+    assert math.isfinite(rho)
     frame = result.sensitivity_frame((2, 5, 10))
     assert set(frame["layer"]) == {0, 1}
     assert set(frame["n_components"]) == {2, 5, 10}

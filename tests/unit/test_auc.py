@@ -98,3 +98,34 @@ def test_r_curve_is_cumulative_and_ends_at_one():
     assert cumulative_auc_ratio(torch.tensor([0.5, 0.7, 0.9])).tolist() == pytest.approx(
         [0.0, 1 / 3, 1.0]
     )
+
+
+def test_classifier_auc_renormalises_over_the_predicted_classes():
+    # Row sums differ (class 3, never predicted, takes most of the mass in some rows), so
+    # renormalising over the kept classes 0-2 changes the ranking: the two rules disagree.
+    scores = torch.tensor(
+        [[0.30, 0.20, 0.10, 0.40], [0.05, 0.10, 0.05, 0.80], [0.20, 0.50, 0.10, 0.20],
+         [0.02, 0.04, 0.03, 0.91], [0.10, 0.10, 0.40, 0.40], [0.01, 0.02, 0.05, 0.92]],
+        dtype=torch.float64,
+    )  # fmt: skip
+    predictions = torch.tensor([0, 0, 1, 1, 2, 2])
+    kept = scores[:, :3]
+    raw = brute_force_ovo(kept, predictions)
+    renormalised = brute_force_ovo(kept / kept.sum(-1, keepdim=True), predictions)
+    assert raw == pytest.approx(0.6875)
+    assert renormalised == pytest.approx(11 / 12)
+    assert classifier_auc(scores, predictions) == pytest.approx(renormalised, abs=1e-12)
+
+
+def test_deep_result_scores_against_the_prediction_not_the_gold_label():
+    from anchor_flow.analysis.deep import DeepResult
+
+    # The attention tracks the prediction perfectly; gold is the opposite class on every
+    # prompt, so scoring against gold would give AUC 0 instead of 1.
+    predicted = torch.tensor([0, 1, 0, 1, 1, 0])
+    probs = torch.nn.functional.one_hot(predicted, 2).double() * 0.6 + 0.2
+    attention = torch.tensor([0.1, 0.7, 0.2, 0.9, 0.6, 0.3], dtype=torch.float64)
+    scores = torch.stack([1 - attention, attention], -1)[:, None, :]
+    result = DeepResult(scores, probs, 1 - predicted, torch.zeros(6).long(), ("seed-0",))
+    assert result.predictions.tolist() == predicted.tolist()
+    assert float(result.auc()[0]) == 1.0

@@ -99,7 +99,7 @@ class CompressionResult(LoyaltyResult):
         ...     methods=("hidden_anchor",), baseline_predictions=torch.tensor([0, 1]),
         ...     predictions=torch.tensor([[0, 0]]), word_jaccard=torch.tensor([[1.0, 0.5]]),
         ...     gold=torch.tensor([0, 1]), run=torch.tensor([0, 0]), run_names=("seed-0",),
-        ...     trials=torch.zeros(1, 0, 3))
+        ...     trials=torch.zeros(1, 0, 3), chosen_trial=torch.tensor([-1]))
         >>> result.per_prompt("label_loyalty").tolist()
         [[1.0, 0.0]]
 
@@ -113,6 +113,9 @@ class CompressionResult(LoyaltyResult):
         run_names: e.g. ``"seed-42"``.
         trials: Hidden_random-top's trials ``[run, trial, metric]`` (label loyalty, word
             loyalty, accuracy per trial; empty when not run).
+        chosen_trial: ``[run]`` the trial (index into ``trials``' trial axis) whose outcome
+            is reported as Hidden_random-top, as chosen by :func:`run_compression`; -1 when
+            the method was not run.
         settings: how the result was computed (JSON-safe).
     """
 
@@ -124,10 +127,19 @@ class CompressionResult(LoyaltyResult):
     run: Int[Tensor, " prompt"]
     run_names: tuple[str, ...]
     trials: Float[Tensor, "run trial metric"]
+    chosen_trial: Int[Tensor, " run"]
     settings: dict[str, Any] = field(default_factory=dict)
 
     _STEM, _SCHEMA, _WHAT = "compression", SCHEMA, "a compression result"
-    _ARRAYS = ("baseline_predictions", "predictions", "word_jaccard", "gold", "run", "trials")
+    _ARRAYS = (
+        "baseline_predictions",
+        "predictions",
+        "word_jaccard",
+        "gold",
+        "run",
+        "trials",
+        "chosen_trial",
+    )
     _ERROR = CompressionError
 
     def __post_init__(self) -> None:
@@ -135,6 +147,15 @@ class CompressionResult(LoyaltyResult):
         if self.trials.ndim != 3 or self.trials.shape[0] not in (0, len(self.run_names)):
             raise CompressionError(
                 f"trials has shape {tuple(self.trials.shape)}; expected [run, trial, 3]"
+            )
+        n_trials = self.trials.shape[1]
+        if self.chosen_trial.shape != self.trials.shape[:1] or not all(
+            -1 <= t < n_trials and (t >= 0) == (n_trials > 0) for t in self.chosen_trial.tolist()
+        ):
+            raise CompressionError(
+                f"chosen_trial {self.chosen_trial.tolist()} for trials of shape "
+                f"{tuple(self.trials.shape)}; expected one index in 0..{n_trials - 1} per run "
+                "(-1 per run when there are no trials)"
             )
         self._detach_arrays()
 
@@ -163,7 +184,7 @@ class CompressionResult(LoyaltyResult):
         """Hidden_random-top: one row per (run, trial) with its three metrics and ``chosen``."""
         rows = []
         for r, name in enumerate(self.run_names[: self.trials.shape[0]]):
-            best = int(self.trials[r, :, 0].argmax())
+            best = int(self.chosen_trial[r])
             for t in range(self.trials.shape[1]):
                 metrics = dict(zip(METRICS, self.trials[r, t].tolist(), strict=True))
                 rows.append({"run": name, "trial": t, **metrics, "chosen": t == best})
@@ -271,7 +292,7 @@ def run_compression(
     random_runs = dict(zip(wanted, hidden("random", wanted), strict=True)) if wanted else {}
 
     outcomes: dict[str, tuple[Tensor, Tensor]] = {}
-    trials = torch.zeros(1, 0, 3)
+    trials, chosen = torch.zeros(1, 0, 3), -1
     for method in methods:
         if method == "text_anchor":
             outcomes[method] = score(
@@ -294,7 +315,8 @@ def run_compression(
                                     float(w.mean()),
                                     float((acc + (p == batch.gold).double()).nanmean())]
                                    for p, w in runs])[None]  # fmt: skip
-            outcomes[method] = runs[int(trials[0, :, 0].argmax())]
+            chosen = int(trials[0, :, 0].argmax())  # the best label loyalty
+            outcomes[method] = runs[chosen]
     settings = {"model": adapter.name, "tl_class": adapter.kind, "n_top_trials": n_top_trials,
                 "label_token_policy": label_token_policy, **shared}  # fmt: skip
     return CompressionResult(
@@ -303,5 +325,5 @@ def run_compression(
         word_jaccard=torch.stack([outcomes[m][1] for m in methods]),
         gold=batch.gold.clone(), run=torch.zeros(len(batch), dtype=torch.long),
         run_names=(run_name or f"seed-{seed}",),
-        trials=trials, settings=settings,
+        trials=trials, chosen_trial=torch.tensor([chosen]), settings=settings,
     )  # fmt: skip

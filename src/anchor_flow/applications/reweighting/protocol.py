@@ -44,6 +44,7 @@ __all__ = [
     "CONDITIONS",
     "ReweightingPrompts",
     "ReweightingResult",
+    "demonstrations_per_class",
     "reweighting_prompts",
     "run_reweighting",
 ]
@@ -272,6 +273,22 @@ def reweighting_prompts(
     return ReweightingPrompts(build_prompts(task, extra, demonstrations), test_set, k_shot, shots)
 
 
+def demonstrations_per_class(prompts: Sequence[ICLPrompt]) -> int:
+    """The fewest demonstrations any class has in any of ``prompts`` (what a k-shot run had).
+
+    Example:
+        >>> from anchor_flow.icl.prompts import Template
+        >>> demos = (Example("a", 0), Example("b", 1), Example("c", 0))
+        >>> demonstrations_per_class([ICLPrompt(Template(), (" x", " y"), demos, Example("d"))])
+        1
+    """
+    return min(
+        (sum(d.label == c for d in p.demonstrations) for p in prompts
+         for c in range(len(p.label_words))),
+        default=0,
+    )  # fmt: skip
+
+
 def run_reweighting(
     model: Any,
     prompts: ReweightingPrompts,
@@ -319,7 +336,8 @@ def run_reweighting(
         "progress": progress,
     }
     vanilla = run_icl(model, prompts.test, **options)
-    k_shot = run_icl(model, prompts.k_shot, **options)
+    k_shot_prompts = prompts.k_shot
+    k_shot = run_icl(model, k_shot_prompts, **options)
     if k_shot.n_prompts != vanilla.n_prompts:
         raise ReweightingError(
             f"{k_shot.n_prompts} k-shot prompts but {vanilla.n_prompts} test prompts; expected "
@@ -334,7 +352,9 @@ def run_reweighting(
         "lr": lr,
         "train_batch_size": train_batch_size,
         "train_prompts": len(prompts.train),
-        "k_shot_shots": prompts.k_shot_shots,
+        # Counted in the prompts that ran, not taken from the configuration.
+        "k_shot_shots": demonstrations_per_class(k_shot_prompts),
+        "test_shots": demonstrations_per_class(prompts.test),
         "renormalise": renormalise,
         "seed": seed,
         "label_token_policy": label_token_policy,
