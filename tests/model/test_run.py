@@ -275,7 +275,7 @@ def test_run_config_validates_its_input() -> None:
         RunConfig(compression_methods=("zip",))
     # Under pytest the jaxtyping import hook type-checks the constructor first; a config that
     # got past it (plain Python) is still refused by __post_init__.
-    for field, value in [("compression_engine", "fast"), ("position_policy", "end"),
+    for field, value in [("compression_engine", "turbo"), ("position_policy", "end"),
                          ("label_token_policy", "last")]:  # fmt: skip
         config = RunConfig()
         object.__setattr__(config, field, value)
