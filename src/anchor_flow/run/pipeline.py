@@ -36,6 +36,15 @@ from anchor_flow.report.folder import render_results_folder
 from anchor_flow.results.files import write_atomic
 from anchor_flow.results.record import SCHEMA, load_run
 from anchor_flow.run.config import NOT_IN_RESULTS, RunConfig
+from anchor_flow.run.folder import (
+    changed,
+    check_out,
+    contents,
+    fingerprints,
+    hold_lock,
+    listed_files,
+    remove_listed,
+)
 from anchor_flow.run.steps import STEP_FILES, STEPS, RunContext, model_info
 
 __all__ = ["run_experiments"]
@@ -80,28 +89,34 @@ def _remove(directory: Path, names: Sequence[str]) -> None:
 
 
 def _start(
-    directory: Path, config: RunConfig, model_info: dict[str, Any], restart: bool
+    directory: Path,
+    config: RunConfig,
+    model_info: dict[str, Any],
+    restart: bool,
+    fingerprint: dict[str, str],
 ) -> dict[str, Any]:
     """The run record to continue: the existing one (same settings) or a fresh one."""
     fresh = {
         "schema": SCHEMA, "created": _now(), "updated": _now(), "settings": config.settings(),
-        "model": model_info, "versions": _versions(), "experiments": {},
-        "timings": {"total_seconds": 0.0},
+        "model": model_info, "fingerprint": fingerprint, "versions": _versions(),
+        "experiments": {}, "timings": {"total_seconds": 0.0},
     }  # fmt: skip
     if not (directory / "results.json").exists():
         return fresh
-    if restart:
-        _remove(directory, [f for files in STEP_FILES.values() for f in files])
-        _remove(directory, ["results.json", "report.html"])
-        return fresh
     previous = load_run(directory)
+    done = [e for e in previous.get("experiments", {}).values() if e.get("status") == "complete"]
+    if restart or not done:  # nothing complete: nothing to keep, any settings may follow
+        unfinished = [n for n, e in previous.get("experiments", {}).items() if e not in done]
+        _remove(directory, [f for name in unfinished for f in STEP_FILES.get(name, ())])
+        remove_listed(directory, [*listed_files(previous), "results.json", "report.html"])
+        return fresh
     same = {"settings": config.settings(), "model": model_info}
     differ = [
         f"{part}.{key}: {previous.get(part, {}).get(key)!r} -> {value!r}"
         for part, values in same.items()
         for key, value in values.items()
         if previous.get(part, {}).get(key) != value and key not in NOT_IN_RESULTS
-    ]
+    ] + changed(previous, fingerprint)
     if differ:
         raise ResultsError(
             f"{str(directory)!r} holds a run with other settings ({'; '.join(differ[:4])}); "
@@ -110,6 +125,7 @@ def _start(
     for part, values in same.items():
         previous[part].update({k: v for k, v in values.items() if k in NOT_IN_RESULTS})
     previous["versions"] = _versions()
+    previous["fingerprint"] = fingerprint
     return previous
 
 
@@ -149,12 +165,32 @@ def run_experiments(
     """
     config = config or RunConfig()
     say = on_event or (lambda _line: None)
-    directory = Path(out)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = check_out(out)  # everything is validated before the folder is created
     adapter = adapt(model)
     info = {**model_info(adapter), "source": model_source or adapter.name}
-    record = _start(directory, config, info, restart)
     context = RunContext.create(model, adapter, config, directory, progress)
+    for scheme in {_SCHEMES[name] for name in config.experiments} - {None}:
+        context.prompt_sets(scheme)  # label words, class counts, prompt lengths
+    fingerprint = fingerprints(context.task, context.data, model, adapter.tokenizer,
+                               model_source)  # fmt: skip
+    directory.mkdir(parents=True, exist_ok=True)
+    with hold_lock(directory):
+        record = _start(directory, config, info, restart, fingerprint)
+        return _run_steps(directory, config, context, record, say)
+
+
+# The prompt scheme each step reads from the context (re-weighting draws its own prompts).
+_SCHEMES = {"saliency": "per_example", "isolation": "fixed", "deep": "fixed",
+            "reweighting": None, "compression": "fixed", "diagnosis": "fixed"}  # fmt: skip
+
+
+def _run_steps(
+    directory: Path,
+    config: RunConfig,
+    context: RunContext,
+    record: dict[str, Any],
+    say: Callable[[str], None],
+) -> dict[str, Any]:
     # Merge: a resumed run skips steps, so it would not re-resolve what they resolved.
     resolved = record.get("settings_resolved", {})
     record["settings_resolved"] = context.resolved = {**resolved, **context.resolved}
@@ -171,6 +207,7 @@ def run_experiments(
         try:
             summary = STEPS[name](context)
         except BaseException as error:
+            _remove(directory, STEP_FILES[name])  # a failed step leaves no partial files
             record["experiments"][name] = {
                 "status": "failed", "started": started, "error": f"{type(error).__name__}: "
                 f"{' '.join(str(error).split())}"[:500],
@@ -181,6 +218,7 @@ def run_experiments(
         record["experiments"][name] = {
             "status": "complete", "started": started, "finished": _now(),
             "seconds": round(seconds, 3), "files": list(STEP_FILES[name]), "summary": summary,
+            "contents": contents(directory, STEP_FILES[name]),
         }  # fmt: skip
         record["timings"]["total_seconds"] = round(
             sum(e.get("seconds", 0.0) for e in record["experiments"].values()), 3
