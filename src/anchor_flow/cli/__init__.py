@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from anchor_flow.cli import applications, compression, core, experiments, run
+from anchor_flow.cli import applications, compression, core, experiments, run, validate
 from anchor_flow.cli.common import check_counts, model_options, task_options
 
 __all__ = ["main"]
@@ -145,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         transformers.utils.logging.disable_progress_bar()
     try:
         check_counts(args)
+        validate.check_args(args)
         _COMMANDS[args.command](args)
     except AnchorFlowError as error:
         message = " ".join(str(error).split())  # one line, whatever the message holds

@@ -43,6 +43,7 @@ __all__ = [
     "hold_lock",
     "listed_files",
     "remove_listed",
+    "remove_temporary",
 ]
 
 LOCK_NAME = ".anchor-flow.lock"
@@ -171,6 +172,18 @@ def remove_listed(directory: Path, names: Sequence[str]) -> None:
         while parent != directory and parent.is_dir() and not any(parent.iterdir()):
             parent.rmdir()
             parent = parent.parent
+
+
+def remove_temporary(directory: Path, names: Sequence[str]) -> None:
+    """Delete the temporary files a killed writer left (``.<name>.*.tmp``, see ``write_atomic``)
+    next to the listed ``names`` and inside the listed folders; call it holding the lock."""
+    for name in names:
+        path = directory / name.rstrip("/")
+        for tmp in directory.glob(f".{path.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+        if name.endswith("/") and path.is_dir():
+            for tmp in path.rglob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
 
 
 def _digest(parts: Iterator[bytes]) -> str:

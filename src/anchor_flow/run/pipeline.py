@@ -21,6 +21,7 @@ over). The experiment computations themselves live in :mod:`anchor_flow.run.step
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import shutil
@@ -28,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from anchor_flow.errors import ResultsError
 from anchor_flow.models.tl_adapter import adapt
@@ -44,6 +45,7 @@ from anchor_flow.run.folder import (
     hold_lock,
     listed_files,
     remove_listed,
+    remove_temporary,
 )
 from anchor_flow.run.steps import STEP_FILES, STEPS, RunContext, model_info
 
@@ -169,19 +171,38 @@ def run_experiments(
     adapter = adapt(model)
     info = {**model_info(adapter), "source": model_source or adapter.name}
     context = RunContext.create(model, adapter, config, directory, progress)
-    for scheme in {_SCHEMES[name] for name in config.experiments} - {None}:
-        context.prompt_sets(scheme)  # label words, class counts, prompt lengths
+    _resolve_inputs(context, say)
     fingerprint = fingerprints(context.task, context.data, model, adapter.tokenizer,
                                model_source)  # fmt: skip
     directory.mkdir(parents=True, exist_ok=True)
     with hold_lock(directory):
+        remove_temporary(directory, [*(f for v in STEP_FILES.values() for f in v),
+                                     "results.json", "report.html"])  # fmt: skip
         record = _start(directory, config, info, restart, fingerprint)
         return _run_steps(directory, config, context, record, say)
 
 
 # The prompt scheme each step reads from the context (re-weighting draws its own prompts).
-_SCHEMES = {"saliency": "per_example", "isolation": "fixed", "deep": "fixed",
-            "reweighting": None, "compression": "fixed", "diagnosis": "fixed"}  # fmt: skip
+_SCHEMES: dict[str, Literal["fixed", "per_example"] | None] = {
+    "saliency": "per_example", "isolation": "fixed", "deep": "fixed", "reweighting": None,
+    "compression": "fixed", "diagnosis": "fixed",
+}  # fmt: skip
+
+
+def _resolve_inputs(context: RunContext, say: Callable[[str], None]) -> None:
+    """Check the inputs before the folder exists; record what the task and data resolved to."""
+    from anchor_flow.icl.tasks import task_names
+
+    config, task = context.config, context.task
+    if config.task not in task_names():  # a task file: never recorded as a built-in task
+        context.resolved["task"] = f"{task.name} (task file {config.task})"
+    if task.prompt_source is None and len(context.data.test) < config.n_examples:
+        context.resolved["n_examples_used"] = len(context.data.test)
+        say(f"using {len(context.data.test)} test examples per seed: the test split has "
+            f"{len(context.data.test)} (n_examples={config.n_examples})")  # fmt: skip
+    for scheme in ("per_example", "fixed"):
+        if scheme in {_SCHEMES[name] for name in config.experiments}:
+            context.prompt_sets(scheme)  # label words, class counts, prompt lengths
 
 
 def _run_steps(
@@ -199,7 +220,11 @@ def _run_steps(
         if _complete(previous, directory):
             say(f"{name}: complete in {directory}, skipped")
             continue
-        _remove(directory, STEP_FILES[name])
+        if previous.get("status") == "complete":  # its files are missing: rerun it
+            remove_listed(directory, listed_files({"experiments": {name: previous}}))
+        elif previous:  # running or failed: this run's partial files
+            _remove(directory, STEP_FILES[name])
+        before = set(contents(directory, STEP_FILES[name]))
         say(f"{name}: running")
         started, clock = _now(), time.perf_counter()
         record["experiments"][name] = {"status": "running", "started": started}
@@ -207,12 +232,16 @@ def _run_steps(
         try:
             summary = STEPS[name](context)
         except BaseException as error:
-            _remove(directory, STEP_FILES[name])  # a failed step leaves no partial files
+            written = contents(directory, STEP_FILES[name])  # a failed step leaves no partials
+            remove_listed(directory, [f for f in written if f not in before])
             record["experiments"][name] = {
                 "status": "failed", "started": started, "error": f"{type(error).__name__}: "
                 f"{' '.join(str(error).split())}"[:500],
             }  # fmt: skip
             _write_json(directory / "results.json", {**record, "updated": _now()})
+            if isinstance(error, Exception):  # the report shows the error (not on Ctrl-C)
+                with contextlib.suppress(Exception):
+                    render_results_folder(directory)
             raise
         seconds = time.perf_counter() - clock
         record["experiments"][name] = {
