@@ -212,9 +212,54 @@ def test_label_words_and_prompt_lengths_are_checked_before_the_folder(inputs, mo
     assert not out.exists()
 
 
+def test_reweighting_class_counts_are_checked_before_the_folder(inputs, model, tmp_path):
+    out = tmp_path / "run"
+    config = _config(*inputs, experiments=("deep", "reweighting"), train_per_class=4)
+    with pytest.raises(AnchorFlowError, match=r"the training split has \[4, 4\]"):
+        run_experiments(model, out, config, progress=False)
+    assert not out.exists()
+
+
 def test_fewer_test_examples_than_asked_are_said_and_recorded(inputs, model, tmp_path) -> None:
     events: list[str] = []
     record = run_experiments(model, tmp_path / "run", _config(*inputs, n_examples=50),
                              progress=False, on_event=events.append)  # fmt: skip
     assert record["settings_resolved"]["n_examples_used"] == len(ROWS) * 2
     assert events[0] == "using 8 test examples per seed: the test split has 8 (n_examples=50)"
+
+
+def _long_inputs(task: Path, data: Path) -> None:
+    """Half the test examples longer than toy-gpt2's 256-token context."""
+    long = ("a long and winding review " * 60).strip()
+    rows = ROWS + [(long, "negative"), (long + " yes", "positive")] * 2
+    pd.DataFrame(rows, columns=["text", "label"]).to_csv(data / "test.csv", index=False)
+
+
+def test_on_overflow_skip_is_honoured_and_counted_by_every_experiment(inputs, model, tmp_path):
+    task, data = inputs
+    _long_inputs(task, data)
+    config = _config(task, data, n_examples=8, on_overflow="skip", top_trials=1,
+                     speed_queries=4, experiments=("reweighting", "compression"),
+                     reweighting_epochs=1, train_per_class=1)  # fmt: skip
+    record = run_experiments(model, tmp_path / "run", config, progress=False)
+    for name in ("reweighting", "compression"):
+        entry = record["experiments"][name]
+        assert entry["status"] == "complete", name
+        assert entry["skipped"] > 0, name
+    assert sum(record["settings_resolved"]["skipped_too_long_reweighting"].values()) == 4
+
+
+def test_saliency_prompts_file_honours_on_overflow_skip(inputs, tmp_path, capsys) -> None:
+    task, data = inputs
+    _long_inputs(task, data)
+    prompts = tmp_path / "prompts.jsonl"
+    common = ["--task", str(task), "--data-dir", str(data), "--seeds", "42",
+              "--n-examples", "8"]  # fmt: skip
+    assert main(["prompts", *common, "--out", str(prompts)]) == 0
+    out = tmp_path / "saliency"
+    argv = ["saliency", "--model", "toy-gpt2", "--prompts", str(prompts), "--quiet",
+            "--on-overflow", "skip", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    summary = json.loads((out / "saliency.json").read_text())
+    assert summary["settings"]["skipped_too_long"] == 4
+    assert summary["settings"]["n_prompts"] == 4

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from anchor_flow.errors import ResultsError
+from anchor_flow.errors import AnchorFlowError, ResultsError
 from anchor_flow.models.tl_adapter import adapt
 from anchor_flow.report.folder import render_results_folder
 from anchor_flow.results.files import write_atomic
@@ -189,6 +189,12 @@ _SCHEMES: dict[str, Literal["fixed", "per_example"] | None] = {
 }  # fmt: skip
 
 
+# Which prompt sets' overflow counts (settings_resolved "skipped_too_long_<key>") each uses.
+_SKIPPED_IN = {"saliency": ("per_example",), "isolation": ("fixed",), "deep": ("fixed",),
+               "reweighting": ("reweighting",), "compression": ("fixed", "speed"),
+               "diagnosis": ("fixed",)}  # fmt: skip
+
+
 def _resolve_inputs(context: RunContext, say: Callable[[str], None]) -> None:
     """Check the inputs before the folder exists; record what the task and data resolved to."""
     from anchor_flow.icl.tasks import task_names
@@ -200,6 +206,14 @@ def _resolve_inputs(context: RunContext, say: Callable[[str], None]) -> None:
         context.resolved["n_examples_used"] = len(context.data.test)
         say(f"using {len(context.data.test)} test examples per seed: the test split has "
             f"{len(context.data.test)} (n_examples={config.n_examples})")  # fmt: skip
+    needed = 1 + config.train_per_class  # re-weighting's 1-shot + auxiliary examples
+    if "reweighting" in config.experiments and task.prompt_source is None:
+        counts = [sum(e.label == c for e in context.data.train) for c in range(task.n_classes)]
+        if min(counts) < needed:
+            raise AnchorFlowError(
+                f"re-weighting needs {needed} training examples per class (1 shot + "
+                f"train_per_class={config.train_per_class}); the training split has {counts}"
+            )
     for scheme in ("per_example", "fixed"):
         if scheme in {_SCHEMES[name] for name in config.experiments}:
             context.prompt_sets(scheme)  # label words, class counts, prompt lengths
@@ -248,6 +262,8 @@ def _run_steps(
             "status": "complete", "started": started, "finished": _now(),
             "seconds": round(seconds, 3), "files": list(STEP_FILES[name]), "summary": summary,
             "contents": contents(directory, STEP_FILES[name]),
+            "skipped": sum(sum(context.resolved.get(f"skipped_too_long_{key}", {}).values())
+                           for key in _SKIPPED_IN[name]),
         }  # fmt: skip
         record["timings"]["total_seconds"] = round(
             sum(e.get("seconds", 0.0) for e in record["experiments"].values()), 3

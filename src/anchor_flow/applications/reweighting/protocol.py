@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -270,6 +270,49 @@ def reweighting_prompts(
             task, queries, sample_demonstrations(train, n_classes, shots_per_class=shots, seed=seed)
         )
     return ReweightingPrompts(build_prompts(task, extra, demonstrations), test_set, k_shot, shots)
+
+
+def fit_reweighting_prompts(
+    prompts: ReweightingPrompts,
+    tokenizer: Any,
+    max_length: int,
+    *,
+    on_overflow: Literal["error", "skip"] = "error",
+    label_token_policy: Policy = "single",
+) -> tuple[ReweightingPrompts, int]:
+    """The sets with every prompt longer than ``max_length`` dropped, and how many queries were.
+
+    A test query is dropped from both ``test`` and ``k_shot`` (the conditions stay paired).
+
+    Raises:
+        ContextLengthError: ``on_overflow="error"`` and a prompt is too long.
+        SamplingError: every training or test prompt is too long.
+    """
+    from anchor_flow.icl.context import fit_to_context
+    from anchor_flow.icl.sampling import SamplingError
+
+    def lengths(sets: list[ICLPrompt]) -> list[int]:
+        batch = tokenize_prompts(sets, tokenizer, label_token_policy=label_token_policy,
+                                 max_length=10**9)  # fmt: skip
+        return [int(n) for n in batch.lengths]
+
+    train, _ = fit_to_context(prompts.train, tokenizer, max_length, on_overflow=on_overflow,
+                              label_token_policy=label_token_policy)  # fmt: skip
+    pairs = list(zip(prompts.test, prompts.k_shot, strict=True))
+    both = [max(a, b) for a, b in zip(lengths(prompts.test), lengths(prompts.k_shot), strict=True)]
+    if on_overflow == "error" or all(n <= max_length for n in both):
+        fit_to_context(prompts.test, tokenizer, max_length, on_overflow=on_overflow,
+                       label_token_policy=label_token_policy)  # fmt: skip
+        return replace(prompts, train=train), 0
+    kept = [pair for pair, n in zip(pairs, both, strict=True) if n <= max_length]
+    if not kept:
+        raise SamplingError(
+            f"all {len(pairs)} re-weighting test prompts are longer than max_length="
+            f"{max_length} tokens (1-shot or k-shot); use shorter examples or a longer context"
+        )
+    skipped = len(pairs) - len(kept)
+    test, k_shot = [p for p, _ in kept], [k for _, k in kept]
+    return replace(prompts, train=train, test=test, k_shot=k_shot), skipped
 
 
 def run_reweighting(
