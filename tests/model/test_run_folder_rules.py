@@ -263,3 +263,42 @@ def test_saliency_prompts_file_honours_on_overflow_skip(inputs, tmp_path, capsys
     summary = json.loads((out / "saliency.json").read_text())
     assert summary["settings"]["skipped_too_long"] == 4
     assert summary["settings"]["n_prompts"] == 4
+
+
+def _copy_of_planted(tmp_path: Path) -> Path:
+    import shutil
+
+    from anchor_flow.models.loading import _builtin_folder
+
+    folder = tmp_path / "model"
+    shutil.copytree(_builtin_folder("planted-anchor"), folder)
+    return folder
+
+
+def test_a_truncated_safetensors_file_is_one_line(tmp_path, capsys) -> None:
+    folder = _copy_of_planted(tmp_path)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    out = tmp_path / "run"
+    argv = ["run", "--model", str(folder), "--task", "synthetic-k3", "--seeds", "42",
+            "--n-examples", "4", "--experiments", "deep", "--quiet", "--out", str(out)]  # fmt: skip
+    err = _one_line_error(capsys, main(argv))
+    assert "are corrupt or truncated (SafetensorError" in err
+    assert not out.exists()
+
+
+class _Unsafe:
+    def __reduce__(self):
+        return (print, ("code ran while loading",))
+
+
+def test_a_bin_checkpoint_refused_by_safe_loading_is_one_line(tmp_path, capsys) -> None:
+    folder = _copy_of_planted(tmp_path)
+    (folder / "model.safetensors").unlink()
+    torch.save({"transformer.wte.weight": _Unsafe()}, folder / "pytorch_model.bin")
+    argv = ["run", "--model", str(folder), "--task", "synthetic-k3", "--seeds", "42",
+            "--n-examples", "4", "--experiments", "deep", "--quiet",
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    err = _one_line_error(capsys, main(argv))
+    assert "were refused as unsafe" in err
+    assert "code ran while loading" not in capsys.readouterr().out
