@@ -302,3 +302,15 @@ def test_a_bin_checkpoint_refused_by_safe_loading_is_one_line(tmp_path, capsys) 
     err = _one_line_error(capsys, main(argv))
     assert "were refused as unsafe" in err
     assert "code ran while loading" not in capsys.readouterr().out
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_exit_130(monkeypatch, tmp_path, capsys) -> None:
+    import transformers
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(transformers.utils.logging, "disable_progress_bar", interrupted)
+    assert main(["run", "--quiet", "--out", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err == "anchor-flow: interrupted\n"
+    assert not (tmp_path / "run").exists()

@@ -139,11 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from anchor_flow.errors import AnchorFlowError
 
-    if getattr(args, "quiet", False):
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
     try:
+        if getattr(args, "quiet", False):  # (inside: Ctrl-C during start-up is one line too)
+            import transformers
+
+            transformers.utils.logging.disable_progress_bar()
         check_counts(args)
         validate.check_args(args)
         _COMMANDS[args.command](args)
