@@ -48,6 +48,7 @@ from anchor_flow.run.folder import (
     remove_temporary,
 )
 from anchor_flow.run.steps import STEP_FILES, STEPS, RunContext, model_info
+from anchor_flow.run.threads import thread_policy
 
 __all__ = ["run_experiments"]
 
@@ -175,7 +176,7 @@ def run_experiments(
     fingerprint = fingerprints(context.task, context.data, model, adapter.tokenizer,
                                model_source)  # fmt: skip
     directory.mkdir(parents=True, exist_ok=True)
-    with hold_lock(directory):
+    with hold_lock(directory), thread_policy(model):
         remove_temporary(directory, [*(f for v in STEP_FILES.values() for f in v),
                                      "results.json", "report.html"])  # fmt: skip
         record = _start(directory, config, info, restart, fingerprint)
