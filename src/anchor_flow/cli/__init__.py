@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from anchor_flow.cli import applications, compression, core, experiments, run
+from anchor_flow.cli import applications, compression, core, experiments, run, validate
 from anchor_flow.cli.common import check_counts, model_options, task_options
 
 __all__ = ["main"]
@@ -144,12 +144,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from anchor_flow.errors import AnchorFlowError
 
-    if getattr(args, "quiet", False):
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
     try:
+        if getattr(args, "quiet", False):  # (inside: Ctrl-C during start-up is one line too)
+            import transformers
+
+            transformers.utils.logging.disable_progress_bar()
         check_counts(args)
+        validate.check_args(args)
         _COMMANDS[args.command](args)
     except AnchorFlowError as error:
         message = " ".join(str(error).split())  # one line, whatever the message holds

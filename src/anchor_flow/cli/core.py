@@ -27,9 +27,15 @@ def run_saliency_command(args: argparse.Namespace) -> None:
     # load_model_for honours --dtype and --device-map (these two commands once ignored them).
     model, adapter, _ = load_model_for(args)
     if args.prompts is not None:
-        sets = {"file": prompt_file}
+        from anchor_flow.icl.context import fit_to_context
+
         policy: Policy = args.label_token_policy or "single"
-        run_settings: dict[str, Any] = {"prompts": str(args.prompts)}
+        fitting, skipped = fit_to_context(
+            prompt_file, adapter.tokenizer, adapter.n_ctx, on_overflow=args.on_overflow,
+            label_token_policy=policy,
+        )  # fmt: skip
+        sets = {"file": fitting}
+        run_settings: dict[str, Any] = {"prompts": str(args.prompts), "skipped_too_long": skipped}
     else:
         sets, policy, run_settings = prompt_sets(
             args, "per_example", adapter.tokenizer, adapter.n_ctx

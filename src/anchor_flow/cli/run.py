@@ -69,6 +69,7 @@ def run_run_command(args: argparse.Namespace) -> None:
     from anchor_flow.cli.common import positive
     from anchor_flow.models.loading import builtin_model_names
     from anchor_flow.run.config import RunConfig
+    from anchor_flow.run.folder import check_out
     from anchor_flow.run.pipeline import run_experiments
 
     for option in ("top_trials", "epochs"):
@@ -89,6 +90,7 @@ def run_run_command(args: argparse.Namespace) -> None:
         device_map=args.device_map,
     )  # fmt: skip
     out = args.out or Path("results") / f"{_folder_name(args.model)}-{_folder_name(args.task)}"
+    check_out(out)  # before the model loads: a refused folder costs nothing
     clock = time.perf_counter()
     model, _, _ = load_model_for(args)
     say(f"anchor-flow: model {args.model}, task {args.task}, {len(config.seeds)} seeds x "

@@ -195,6 +195,8 @@ def _load_hf(
         )
     except (OSError, ValueError) as error:
         raise ModelLoadError(_unreachable(source, is_folder, "weights", error)) from error
+    except Exception as error:  # a corrupt file (SafetensorError) or one refused as unsafe
+        raise ModelLoadError(_unreadable_weights(source, error)) from error
     if device is not None:
         hf_model = hf_model.to(device)
     return hf_model.eval(), tokenizer
@@ -225,6 +227,22 @@ def _check_device_map(device_map: DeviceMap | None, kind: str, device: Any) -> N
         raise ModelLoadError(
             "device_map needs the accelerate package; pip install accelerate"
         ) from error
+
+
+def _unreadable_weights(source: str, error: Exception) -> str:
+    import pickle
+
+    if isinstance(error, pickle.UnpicklingError):
+        return (
+            f"the weights in {source!r} were refused as unsafe: torch.load(weights_only=True) "
+            "found objects other than tensors in the pickled .bin checkpoint; convert a "
+            "checkpoint you trust to safetensors (model.save_pretrained(folder))"
+        )
+    first = " ".join(str(error).split())[:200]
+    return (
+        f"the weights in {source!r} are corrupt or truncated ({type(error).__name__}: {first}); "
+        "save the checkpoint again with model.save_pretrained(folder)"
+    )
 
 
 def _unreachable(source: str, is_folder: bool, what: str, error: Exception) -> str:

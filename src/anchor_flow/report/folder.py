@@ -59,10 +59,11 @@ _RUN = (
 def _run_section(record: dict[str, Any]) -> ReportSection:
     rows = [
         {"experiment": name, "status": entry.get("status"),
-         "seconds": entry.get("seconds"), "finished": entry.get("finished", "")}
+         "seconds": entry.get("seconds"), "finished": entry.get("finished", ""),
+         "error": entry.get("error", "")}
         for name, entry in record.get("experiments", {}).items()
     ]  # fmt: skip
-    frame = pd.DataFrame(rows, columns=["experiment", "status", "seconds", "finished"])
+    frame = pd.DataFrame(rows, columns=["experiment", "status", "seconds", "finished", "error"])
     return ReportSection("This run", None, _RUN, table=frame)
 
 

@@ -80,6 +80,10 @@ class RunConfig:
             )
         if not self.seeds:
             raise AnchorFlowError("seeds=(); expected at least one seed (the paper: 42..46)")
+        if len(set(self.seeds)) != len(self.seeds) or not all(0 <= s < 2**32 for s in self.seeds):
+            raise AnchorFlowError(
+                f"seeds={list(self.seeds)!r}; expected distinct seeds in 0..{2**32 - 1}"
+            )
         counts = ("n_examples", "shots_per_class", "batch_size", "top_k", "reweighting_epochs",
                   "train_per_class", "top_trials", "speed_queries", "n_components")  # fmt: skip
         for name in counts:

@@ -21,6 +21,7 @@ over). The experiment computations themselves live in :mod:`anchor_flow.run.step
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import shutil
@@ -28,15 +29,27 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from anchor_flow.errors import ResultsError
+from anchor_flow.errors import AnchorFlowError, ResultsError
+from anchor_flow.models.bos import forced_prepend_bos, prepend_bos_option
 from anchor_flow.models.tl_adapter import adapt
 from anchor_flow.report.folder import render_results_folder
 from anchor_flow.results.files import write_atomic
 from anchor_flow.results.record import SCHEMA, load_run
 from anchor_flow.run.config import NOT_IN_RESULTS, RunConfig
+from anchor_flow.run.folder import (
+    changed,
+    check_out,
+    contents,
+    fingerprints,
+    hold_lock,
+    listed_files,
+    remove_listed,
+    remove_temporary,
+)
 from anchor_flow.run.steps import STEP_FILES, RunContext, model_info, run_step
+from anchor_flow.run.threads import thread_policy
 
 __all__ = ["run_experiments"]
 
@@ -80,28 +93,34 @@ def _remove(directory: Path, names: Sequence[str]) -> None:
 
 
 def _start(
-    directory: Path, config: RunConfig, model_info: dict[str, Any], restart: bool
+    directory: Path,
+    config: RunConfig,
+    model_info: dict[str, Any],
+    restart: bool,
+    fingerprint: dict[str, str],
 ) -> dict[str, Any]:
     """The run record to continue: the existing one (same settings) or a fresh one."""
     fresh = {
         "schema": SCHEMA, "created": _now(), "updated": _now(), "settings": config.settings(),
-        "model": model_info, "versions": _versions(), "experiments": {},
-        "timings": {"total_seconds": 0.0},
+        "model": model_info, "fingerprint": fingerprint, "versions": _versions(),
+        "experiments": {}, "timings": {"total_seconds": 0.0},
     }  # fmt: skip
     if not (directory / "results.json").exists():
         return fresh
-    if restart:
-        _remove(directory, [f for files in STEP_FILES.values() for f in files])
-        _remove(directory, ["results.json", "report.html"])
-        return fresh
     previous = load_run(directory)
+    done = [e for e in previous.get("experiments", {}).values() if e.get("status") == "complete"]
+    if restart or not done:  # nothing complete: nothing to keep, any settings may follow
+        unfinished = [n for n, e in previous.get("experiments", {}).items() if e not in done]
+        _remove(directory, [f for name in unfinished for f in STEP_FILES.get(name, ())])
+        remove_listed(directory, [*listed_files(previous), "results.json", "report.html"])
+        return fresh
     same = {"settings": config.settings(), "model": model_info}
     differ = [
         f"{part}.{key}: {previous.get(part, {}).get(key)!r} -> {value!r}"
         for part, values in same.items()
         for key, value in values.items()
         if previous.get(part, {}).get(key) != value and key not in NOT_IN_RESULTS
-    ]
+    ] + changed(previous, fingerprint)
     if differ:
         raise ResultsError(
             f"{str(directory)!r} holds a run with other settings ({'; '.join(differ[:4])}); "
@@ -110,6 +129,7 @@ def _start(
     for part, values in same.items():
         previous[part].update({k: v for k, v in values.items() if k in NOT_IN_RESULTS})
     previous["versions"] = _versions()
+    previous["fingerprint"] = fingerprint
     return previous
 
 
@@ -149,12 +169,67 @@ def run_experiments(
     """
     config = config or RunConfig()
     say = on_event or (lambda _line: None)
-    directory = Path(out)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = check_out(out)  # everything is validated before the folder is created
     adapter = adapt(model)
     info = {**model_info(adapter), "source": model_source or adapter.name}
-    record = _start(directory, config, info, restart)
     context = RunContext.create(model, adapter, config, directory, progress)
+    # Validation measures prompt lengths: with the run's BOS choice, as the steps will.
+    with forced_prepend_bos(model, prepend_bos_option(config.prepend_bos)):
+        _resolve_inputs(context, say)
+    fingerprint = fingerprints(context.task, context.data, model, adapter.tokenizer,
+                               model_source)  # fmt: skip
+    directory.mkdir(parents=True, exist_ok=True)
+    with hold_lock(directory), thread_policy(model):
+        remove_temporary(directory, [*(f for v in STEP_FILES.values() for f in v),
+                                     "results.json", "report.html"])  # fmt: skip
+        record = _start(directory, config, info, restart, fingerprint)
+        return _run_steps(directory, config, context, record, say)
+
+
+# The prompt scheme each step reads from the context (re-weighting draws its own prompts).
+_SCHEMES: dict[str, Literal["fixed", "per_example"] | None] = {
+    "saliency": "per_example", "isolation": "fixed", "deep": "fixed", "reweighting": None,
+    "compression": "fixed", "diagnosis": "fixed",
+}  # fmt: skip
+
+
+# Which prompt sets' overflow counts (settings_resolved "skipped_too_long_<key>") each uses.
+_SKIPPED_IN = {"saliency": ("per_example",), "isolation": ("fixed",), "deep": ("fixed",),
+               "reweighting": ("reweighting",), "compression": ("fixed", "speed"),
+               "diagnosis": ("fixed",)}  # fmt: skip
+
+
+def _resolve_inputs(context: RunContext, say: Callable[[str], None]) -> None:
+    """Check the inputs before the folder exists; record what the task and data resolved to."""
+    from anchor_flow.icl.tasks import task_names
+
+    config, task = context.config, context.task
+    if config.task not in task_names():  # a task file: never recorded as a built-in task
+        context.resolved["task"] = f"{task.name} (task file {config.task})"
+    if task.prompt_source is None and len(context.data.test) < config.n_examples:
+        context.resolved["n_examples_used"] = len(context.data.test)
+        say(f"using {len(context.data.test)} test examples per seed: the test split has "
+            f"{len(context.data.test)} (n_examples={config.n_examples})")  # fmt: skip
+    needed = 1 + config.train_per_class  # re-weighting's 1-shot + auxiliary examples
+    if "reweighting" in config.experiments and task.prompt_source is None:
+        counts = [sum(e.label == c for e in context.data.train) for c in range(task.n_classes)]
+        if min(counts) < needed:
+            raise AnchorFlowError(
+                f"re-weighting needs {needed} training examples per class (1 shot + "
+                f"train_per_class={config.train_per_class}); the training split has {counts}"
+            )
+    for scheme in ("per_example", "fixed"):
+        if scheme in {_SCHEMES[name] for name in config.experiments}:
+            context.prompt_sets(scheme)  # label words, class counts, prompt lengths
+
+
+def _run_steps(
+    directory: Path,
+    config: RunConfig,
+    context: RunContext,
+    record: dict[str, Any],
+    say: Callable[[str], None],
+) -> dict[str, Any]:
     # Merge: a resumed run skips steps, so it would not re-resolve what they resolved.
     resolved = record.get("settings_resolved", {})
     record["settings_resolved"] = context.resolved = {**resolved, **context.resolved}
@@ -163,7 +238,11 @@ def run_experiments(
         if _complete(previous, directory):
             say(f"{name}: complete in {directory}, skipped")
             continue
-        _remove(directory, STEP_FILES[name])
+        if previous.get("status") == "complete":  # its files are missing: rerun it
+            remove_listed(directory, listed_files({"experiments": {name: previous}}))
+        elif previous:  # running or failed: this run's partial files
+            _remove(directory, STEP_FILES[name])
+        before = set(contents(directory, STEP_FILES[name]))
         say(f"{name}: running")
         started, clock = _now(), time.perf_counter()
         record["experiments"][name] = {"status": "running", "started": started}
@@ -171,16 +250,24 @@ def run_experiments(
         try:
             summary = run_step(name, context)
         except BaseException as error:
+            written = contents(directory, STEP_FILES[name])  # a failed step leaves no partials
+            remove_listed(directory, [f for f in written if f not in before])
             record["experiments"][name] = {
                 "status": "failed", "started": started, "error": f"{type(error).__name__}: "
                 f"{' '.join(str(error).split())}"[:500],
             }  # fmt: skip
             _write_json(directory / "results.json", {**record, "updated": _now()})
+            if isinstance(error, Exception):  # the report shows the error (not on Ctrl-C)
+                with contextlib.suppress(Exception):
+                    render_results_folder(directory)
             raise
         seconds = time.perf_counter() - clock
         record["experiments"][name] = {
             "status": "complete", "started": started, "finished": _now(),
             "seconds": round(seconds, 3), "files": list(STEP_FILES[name]), "summary": summary,
+            "contents": contents(directory, STEP_FILES[name]),
+            "skipped": sum(sum(context.resolved.get(f"skipped_too_long_{key}", {}).values())
+                           for key in _SKIPPED_IN[name]),
         }  # fmt: skip
         record["timings"]["total_seconds"] = round(
             sum(e.get("seconds", 0.0) for e in record["experiments"].values()), 3

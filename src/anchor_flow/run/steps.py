@@ -214,6 +214,7 @@ def _deep(run: RunContext) -> dict[str, Any]:
 def _reweighting(run: RunContext) -> dict[str, Any]:
     from anchor_flow.applications.reweighting.protocol import (
         ReweightingResult,
+        fit_reweighting_prompts,
         reweighting_prompts,
         run_reweighting,
     )
@@ -226,6 +227,11 @@ def _reweighting(run: RunContext) -> dict[str, Any]:
             tokenizer=run.adapter.tokenizer, max_length=run.adapter.n_ctx,
             label_token_policy=run.policy,
         )  # fmt: skip
+        sets, skipped = fit_reweighting_prompts(
+            sets, run.adapter.tokenizer, run.adapter.n_ctx, on_overflow=run.config.on_overflow,
+            label_token_policy=run.policy,
+        )  # fmt: skip
+        run.resolved.setdefault("skipped_too_long_reweighting", {})[seed] = skipped
         runs.append(
             run_reweighting(
                 run.model, sets, run_name=f"seed-{seed}", epochs=run.config.reweighting_epochs,
@@ -271,17 +277,28 @@ def _speed(run: RunContext) -> Any:
     """
     from anchor_flow.applications.compression.speed import measure_speedup
     from anchor_flow.icl.context import fit_to_context
-    from anchor_flow.icl.sampling import task_prompts
+    from anchor_flow.icl.sampling import SamplingError, task_prompts
 
     prompts: list[Any] = []
+    skipped = run.resolved["skipped_too_long_speed"] = {}
     for shots in (1, 2, 4):
         drawn = task_prompts(
             run.task, run.data.train, run.data.test, seed=run.config.seeds[0],
             n_examples=run.config.speed_queries, shots_per_class=shots, scheme="fixed",
         )  # fmt: skip
-        fitting, _ = fit_to_context(drawn, run.adapter.tokenizer, run.adapter.n_ctx,
-                                    on_overflow="skip", label_token_policy=run.policy)  # fmt: skip
+        try:
+            fitting, skipped[shots] = fit_to_context(
+                drawn, run.adapter.tokenizer, run.adapter.n_ctx, on_overflow="skip",
+                label_token_policy=run.policy,
+            )  # fmt: skip
+        except SamplingError:  # none fits: this demonstration count is left out
+            fitting, skipped[shots] = [], len(drawn)
         prompts += fitting
+    if not prompts:
+        raise SamplingError(
+            f"Table 3: no prompt with 1, 2 or 4 demonstrations per class fits the context of "
+            f"{run.adapter.n_ctx} tokens; leave compression out of --experiments"
+        )
     from anchor_flow.errors import UnsupportedModelError
 
     try:
