@@ -53,6 +53,11 @@ def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     add_compression_options(run, "--compression-engine")
     run.add_argument("--epochs", type=int, default=10, help="re-weighting epochs (10)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--null-model", choices=("auto", "random-init", "none"), default="auto",
+        help="control network for the findings: the same architecture re-initialised "
+        "(random-init), or none (default auto: random-init up to 500M parameters)",
+    )  # fmt: skip
 
 
 def _folder_name(text: str) -> str:
@@ -80,6 +85,7 @@ def run_run_command(args: argparse.Namespace) -> None:
         batch_size=args.batch_size, experiments=tuple(args.experiments),
         top_trials=args.top_trials, reweighting_epochs=args.epochs,
         position_policy=args.position_policy, compression_engine=args.compression_engine,
+        null_model=args.null_model,
     )  # fmt: skip
     out = args.out or Path("results") / f"{_folder_name(args.model)}-{_folder_name(args.task)}"
     clock = time.perf_counter()

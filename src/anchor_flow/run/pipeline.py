@@ -36,6 +36,7 @@ from anchor_flow.report.folder import render_results_folder
 from anchor_flow.results.files import write_atomic
 from anchor_flow.results.record import SCHEMA, load_run
 from anchor_flow.run.config import NOT_IN_RESULTS, RunConfig
+from anchor_flow.run.findings import NULL_FILES, update_findings
 from anchor_flow.run.steps import STEP_FILES, STEPS, RunContext, model_info
 
 __all__ = ["run_experiments"]
@@ -92,7 +93,7 @@ def _start(
         return fresh
     if restart:
         _remove(directory, [f for files in STEP_FILES.values() for f in files])
-        _remove(directory, ["results.json", "report.html"])
+        _remove(directory, ["results.json", "report.html", *NULL_FILES])
         return fresh
     previous = load_run(directory)
     same = {"settings": config.settings(), "model": model_info}
@@ -188,6 +189,7 @@ def run_experiments(
         _write_json(directory / "results.json", {**record, "updated": _now()})
         render_results_folder(directory)
         say(f"{name}: done in {seconds:.1f} s")
-    if not (directory / "report.html").exists():
-        render_results_folder(directory)
+    record.update(update_findings(context, record))  # the claims' verdicts (issue 16)
+    _write_json(directory / "results.json", {**record, "updated": _now()})
+    render_results_folder(directory)
     return record
