@@ -20,6 +20,7 @@ from anchor_flow.analysis.flows import InformationFlow
 from anchor_flow.analysis.isolation import IsolationResult
 from anchor_flow.analysis.saliency.result import SaliencyResult
 from anchor_flow.errors import ResultsError
+from anchor_flow.report.findings import findings_sections
 from anchor_flow.report.html import ReportSection, write_report
 from anchor_flow.report.sections import (
     applications_report_sections,
@@ -117,6 +118,7 @@ def render_results_folder(directory: str | os.PathLike[str]) -> Path:
             "`anchor-flow run` or one of its experiment commands (a run that finished)"
         )
     sections: list[ReportSection] = [] if record is None else [_run_section(record)]
+    sections = [*findings_sections(directory, record or {}), *sections]  # issue 16: first
     settings: dict[str, Any] = {} if record is None else _run_settings(record)
     if flow is not None:
         # Raw results: saliency/ or saliency/<run>/ (one per seed); heatmaps use the first.

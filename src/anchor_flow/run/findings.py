@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import logging
 import shutil
-from pathlib import Path
 from typing import Any
 
 from anchor_flow.run.steps import RunContext
 
-__all__ = ["NULL_FILES", "load_null_results", "update_findings"]
+__all__ = ["NULL_FILES", "update_findings"]
 
 NULL_FILES = ("null_model/",)
 log = logging.getLogger(__name__)
@@ -67,18 +66,6 @@ def _run_null(run: RunContext, plan: dict[str, Any]) -> dict[str, Any]:
     return {**plan, "status": "complete", "prompts": name, "files": list(NULL_FILES)}
 
 
-def load_null_results(directory: str | Path) -> tuple[list[Any], Any]:
-    """The null model's saliency results (one per seed) and deep result, or ``[]`` / None."""
-    from anchor_flow.analysis.deep import DeepResult
-    from anchor_flow.analysis.saliency.result import SaliencyResult
-
-    folder = Path(directory) / "null_model"
-    saliency = [SaliencyResult.load(meta.parent)
-                for meta in sorted((folder / "saliency").glob("*/saliency_meta.json"))]  # fmt: skip
-    deep = DeepResult.load(folder / "deep") if (folder / "deep").is_dir() else None
-    return saliency, deep
-
-
 def _complete(record: dict[str, Any], name: str) -> bool:
     return record.get("experiments", {}).get(name, {}).get("status") == "complete"
 
@@ -89,6 +76,7 @@ def update_findings(run: RunContext, record: dict[str, Any]) -> dict[str, Any]:
     from anchor_flow.analysis.deep import DeepResult
     from anchor_flow.analysis.isolation import IsolationResult
     from anchor_flow.analysis.saliency.result import SaliencyResult
+    from anchor_flow.report.findings import load_null_results
 
     out = run.out
     layers = claims.claim_layers(run.adapter.n_layers, run.config.claim_layer_fraction)
