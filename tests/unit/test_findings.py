@@ -55,7 +55,8 @@ def test_verdict_follows_the_interval_and_the_margin(value, low, high, kind, exp
 
 
 def test_claim_layers_are_the_first_and_last_third() -> None:
-    assert claim_layers(12).shallow == (0, 1, 2, 3) and claim_layers(12).deep == (8, 9, 10, 11)
+    assert claim_layers(12).shallow == (0, 1, 2, 3)
+    assert claim_layers(12).deep == (8, 9, 10, 11)
     assert (claim_layers(6).shallow, claim_layers(6).deep) == ((0, 1), (4, 5))
     assert (claim_layers(2).shallow, claim_layers(2).deep) == ((0,), (1,))
     assert claim_layers(10, 0.2).deep == (8, 9)

@@ -189,7 +189,11 @@ def run_experiments(
         _write_json(directory / "results.json", {**record, "updated": _now()})
         render_results_folder(directory)
         say(f"{name}: done in {seconds:.1f} s")
-    record.update(update_findings(context, record))  # the claims' verdicts (issue 16)
-    _write_json(directory / "results.json", {**record, "updated": _now()})
-    render_results_folder(directory)
+    findings = update_findings(context, record)  # the claims' verdicts (issue 16)
+    if any(record.get(k) != v for k, v in findings.items()):
+        record.update(findings)
+        _write_json(directory / "results.json", {**record, "updated": _now()})
+        render_results_folder(directory)
+    if not (directory / "report.html").exists():
+        render_results_folder(directory)
     return record
