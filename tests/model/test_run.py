@@ -166,6 +166,19 @@ def test_findings_leave_out_claims_not_run_and_the_null_model_when_asked(tmp_pat
     jsonschema.validate(load_run(tmp_path), _schema())
 
 
+def test_one_progress_bar_per_experiment(tmp_path: Path, capsys) -> None:
+    config = RunConfig(n_examples=6, seeds=(42, 43), experiments=("isolation", "deep"),
+                       null_model="none", isolation_layer_counts=(1,))  # fmt: skip
+    run_experiments(load_model("demo"), tmp_path, config, progress=True)
+    err = capsys.readouterr().err
+    bars = {
+        line.split(":")[0].strip() for line in err.replace("\r", "\n").splitlines() if "|" in line
+    }
+    assert bars == {"isolation", "deep", "findings"}
+    # The inner run_icl bars ("icl: ... batch") of the two seeds stay hidden.
+    assert "batch" not in err
+
+
 def test_rerun_skips_complete_experiments(run_folder: Path, capsys) -> None:
     before = {p.name: p.stat().st_mtime_ns for p in run_folder.iterdir() if p.is_file()}
     assert main(["run", "--out", str(run_folder), *SMALL]) == 0

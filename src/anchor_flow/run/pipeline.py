@@ -25,10 +25,13 @@ import json
 import platform
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from anchor_flow.errors import ResultsError
 from anchor_flow.models.tl_adapter import adapt
@@ -114,6 +117,14 @@ def _start(
     return previous
 
 
+@contextmanager
+def _bar(name: str, progress: bool) -> Iterator[None]:
+    """One progress bar for one experiment: its name and time, full when it is done."""
+    with tqdm(total=1, desc=name, unit="experiment", disable=not progress, leave=True) as bar:
+        yield
+        bar.update(1)
+
+
 def run_experiments(
     model: Any,
     out: str | Path,
@@ -138,7 +149,7 @@ def run_experiments(
         config: the run's settings (default: :class:`RunConfig`'s, the paper's protocol).
         model_source: how the model was named (recorded; default: the model's name).
         restart: delete this folder's previous run files first instead of resuming.
-        progress: progress bars.
+        progress: one progress bar per experiment (the inner calls' own bars stay hidden).
         on_event: called with one line per experiment started, skipped and finished.
 
     Returns:
@@ -155,7 +166,8 @@ def run_experiments(
     adapter = adapt(model)
     info = {**model_info(adapter), "source": model_source or adapter.name}
     record = _start(directory, config, info, restart)
-    context = RunContext.create(model, adapter, config, directory, progress)
+    # One bar per experiment (see _bar); the run_* calls inside the steps stay quiet.
+    context = RunContext.create(model, adapter, config, directory, False)
     # Merge: a resumed run skips steps, so it would not re-resolve what they resolved.
     resolved = record.get("settings_resolved", {})
     record["settings_resolved"] = context.resolved = {**resolved, **context.resolved}
@@ -170,7 +182,8 @@ def run_experiments(
         record["experiments"][name] = {"status": "running", "started": started}
         _write_json(directory / "results.json", {**record, "updated": _now()})
         try:
-            summary = STEPS[name](context)
+            with _bar(name, progress):
+                summary = STEPS[name](context)
         except BaseException as error:
             record["experiments"][name] = {
                 "status": "failed", "started": started, "error": f"{type(error).__name__}: "
@@ -189,7 +202,8 @@ def run_experiments(
         _write_json(directory / "results.json", {**record, "updated": _now()})
         render_results_folder(directory)
         say(f"{name}: done in {seconds:.1f} s")
-    findings = update_findings(context, record)  # the claims' verdicts (issue 16)
+    with _bar("findings", progress):
+        findings = update_findings(context, record)  # the claims' verdicts (issue 16)
     if any(record.get(k) != v for k, v in findings.items()):
         record.update(findings)
         _write_json(directory / "results.json", {**record, "updated": _now()})

@@ -248,8 +248,8 @@ def causal_anchors(
                "versus_deep": {"value": deep_point, "interval": [deep_low, deep_high],
                                "verdict": second}, "versus_random_verdict": first}  # fmt: skip
     drop = 1.0 - float(loyalty[index["random first"]].mean())
-    return Finding("C3", subject, outcome, f"loyalty drop, random minus label rows, first {k} "
-                   "layer(s) (paired difference)", point, low, high, 0.0,
+    return Finding("C3", subject, outcome, f"extra loyalty drop of label-word over random-row "
+                   f"isolation, first {k} layer(s) (paired)", point, low, high, 0.0,
                    f"random rows isolated in the first {k} layer(s): loyalty drop", drop,
                    sentence("C3", outcome, what), int(values.shape[0]),
                    tuple(range(k)), json_safe(details))  # fmt: skip
