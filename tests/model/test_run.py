@@ -169,7 +169,9 @@ def test_findings_leave_out_claims_not_run_and_the_null_model_when_asked(tmp_pat
 def test_one_progress_bar_per_experiment(tmp_path: Path, capsys) -> None:
     config = RunConfig(n_examples=6, seeds=(42, 43), experiments=("isolation", "deep"),
                        null_model="none", isolation_layer_counts=(1,))  # fmt: skip
-    run_experiments(load_model("demo"), tmp_path, config, progress=True)
+    model = load_model("demo")
+    capsys.readouterr()  # loading's own output is not the run's
+    run_experiments(model, tmp_path, config, progress=True)
     err = capsys.readouterr().err
     bars = {
         line.split(":")[0].strip() for line in err.replace("\r", "\n").splitlines() if "|" in line
