@@ -120,3 +120,21 @@ def test_random_init_copy_is_seeded_new_weights_and_leaves_the_model_alone() -> 
     trained = dict(model.original_model.named_parameters())
     assert norms
     assert all(torch.equal(p, trained[n]) for n, p in norms.items())
+
+
+def test_text_row_sums_are_the_maps_summed_over_text_columns(tmp_path) -> None:
+    from anchor_flow.analysis.saliency.result import SaliencyResult
+    from anchor_flow.icl.roles import Role
+    from anchor_flow.testbeds.toy import toy_prompts
+
+    result = run_saliency(load_model("toy-gpt2"), toy_prompts(5), keep_maps=True, progress=False)
+    assert result.maps is not None
+    assert result.text_row_sums is not None
+    text_columns = (result.roles == Role.TEXT).float()[:, None, None, :]
+    n = result.roles.shape[1]
+    earlier = torch.ones(n, n).tril(-1)  # an edge reads a strictly earlier position
+    expected = (result.maps * text_columns * earlier).sum(-1)
+    torch.testing.assert_close(result.text_row_sums, expected, rtol=1e-5, atol=1e-9)
+    result.save(tmp_path / "saved")
+    torch.testing.assert_close(SaliencyResult.load(tmp_path / "saved").text_row_sums,
+                               result.text_row_sums)  # fmt: skip
