@@ -155,6 +155,9 @@ def test_the_run_records_findings_for_the_model_and_its_null(run_folder: Path) -
     page = (run_folder / "report.html").read_text()
     assert page.index("Findings: Model demo, task demo-k3") < page.index("This run")
     assert "The model against its null model" in page
+    # The Settings table names the model once (as "model name"), not again per experiment.
+    assert "<th>model</th>" not in page
+    assert "<th>model name</th>" in page
 
 
 def test_findings_leave_out_claims_not_run_and_the_null_model_when_asked(tmp_path: Path) -> None:

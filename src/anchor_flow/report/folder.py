@@ -124,7 +124,7 @@ def render_results_folder(directory: str | os.PathLike[str]) -> Path:
         # Raw results: saliency/ or saliency/<run>/ (one per seed); heatmaps use the first.
         runs = sorted(meta.parent for meta in (directory / "saliency").rglob("saliency_meta.json"))
         sections += saliency_report_sections(flow, SaliencyResult.load(runs[0]) if runs else None)
-        _merge(settings, "", flow.settings, record)
+        _merge(settings, "saliency ", flow.settings, record)
     if has["isolation"]:
         isolation_result = IsolationResult.load(isolation.parent)
         sections += isolation_report_sections(isolation_result)
@@ -147,7 +147,7 @@ def render_results_folder(directory: str | os.PathLike[str]) -> Path:
     if has["compression"]:
         compression_sections, compression_settings = compression_report_sections(compression.parent)
         sections += compression_sections
-        _merge(settings, "", compression_settings, record)
+        _merge(settings, "compression ", compression_settings, record)
     model = (record or {}).get("model", {}).get("name") or next(
         (v for k, v in settings.items() if k.endswith("model") and isinstance(v, str)), None
     )
@@ -166,5 +166,7 @@ def _merge(
 ) -> None:
     """Add a result's settings; in a run, only those the run record does not already show."""
     for key, value in extra.items():
+        if record is not None and key == "model":  # the run's table says "model name"
+            continue
         if record is None or (key not in settings and f"model {key}" not in settings):
             settings.setdefault(f"{prefix}{key}", value)
