@@ -70,7 +70,13 @@ def _load_raw(folder: Path) -> None:
         "reweighting": ReweightingResult.load, "compression": CompressionResult.load,
         "diagnosis": DiagnosisResult.load, "compression_speed": SpeedupResult.load,
     }  # fmt: skip
-    if folder.name == "saliency":
+    if folder.name == "null_model":
+        from anchor_flow.report.findings import load_null_results
+
+        saliency, deep = load_null_results(folder.parent)
+        assert saliency
+        assert deep is not None
+    elif folder.name == "saliency":
         runs = sorted(p.parent for p in folder.rglob("saliency_meta.json"))
         assert runs, "saliency/ holds no saved run"
         for run in runs:
@@ -94,6 +100,7 @@ def test_every_file_matches_the_documented_layout(run_folder: Path) -> None:
     for name, entry in record["experiments"].items():
         assert entry["status"] == "complete", name
         listed.update(f.rstrip("/") for f in entry["files"])
+    listed.update(f.rstrip("/") for f in record["null_model"].get("files", []))
     assert {p.name for p in run_folder.iterdir()} == listed  # nothing unlisted, no .tmp left
     for path in sorted(run_folder.iterdir()):
         if path.suffix == ".csv":
@@ -141,6 +148,48 @@ def test_values_are_plausible(run_folder: Path) -> None:
     total = flows.groupby("layer")["mean"].transform("sum")
     assert flows["normalised"].to_numpy() == pytest.approx((flows["mean"] / total).to_numpy())
     assert record["experiments"]["deep"]["summary"]["runs"] == ["seed-42"]
+
+
+def test_the_run_records_findings_for_the_model_and_its_null(run_folder: Path) -> None:
+    record = load_run(run_folder)
+    assert record["null_model"]["kind"] == "random-init"
+    assert record["claim_layers"]["shallow"] == [0, 1]
+    assert record["claim_layers"]["deep"] == [4, 5]
+    rows = {(f["claim"], f["subject"]): f for f in record["findings"]}
+    expected = {("C1", "model"), ("C2", "model"), ("C3", "model"), ("C4", "model"),
+                ("C1", "null model"), ("C2", "null model"), ("C4", "null model")}  # fmt: skip
+    assert set(rows) == expected
+    assert rows[("C3", "model")]["verdict"] == "holds"
+    page = (run_folder / "report.html").read_text()
+    assert page.index("Findings: Model demo, task demo-k3") < page.index("This run")
+    assert "The model against its null model" in page
+    # The Settings table names the model once (as "model name"), not again per experiment.
+    assert "<th>model</th>" not in page
+    assert "<th>model name</th>" in page
+
+
+def test_findings_leave_out_claims_not_run_and_the_null_model_when_asked(tmp_path: Path) -> None:
+    config = RunConfig(n_examples=12, seeds=(42,), experiments=("deep",), null_model="none")
+    record = run_experiments(load_model("demo"), tmp_path, config, progress=False)
+    assert [f["claim"] for f in record["findings"]] == ["C4"]
+    assert record["null_model"]["kind"] == "none"
+    assert not (tmp_path / "null_model").exists()
+    jsonschema.validate(load_run(tmp_path), _schema())
+
+
+def test_one_progress_bar_per_experiment(tmp_path: Path, capsys) -> None:
+    config = RunConfig(n_examples=6, seeds=(42, 43), experiments=("isolation", "deep"),
+                       null_model="none", isolation_layer_counts=(1,))  # fmt: skip
+    model = load_model("demo")
+    capsys.readouterr()  # loading's own output is not the run's
+    run_experiments(model, tmp_path, config, progress=True)
+    err = capsys.readouterr().err
+    bars = {
+        line.split(":")[0].strip() for line in err.replace("\r", "\n").splitlines() if "|" in line
+    }
+    assert bars == {"isolation", "deep", "findings"}
+    # The inner run_icl bars ("icl: ... batch") of the two seeds stay hidden.
+    assert "batch" not in err
 
 
 def test_rerun_skips_complete_experiments(run_folder: Path, capsys) -> None:

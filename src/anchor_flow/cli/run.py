@@ -58,6 +58,11 @@ def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
         "or pool the prompts of all seeds first",
     )  # fmt: skip
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--null-model", choices=("auto", "random-init", "none"), default="auto",
+        help="control network for the findings: the same architecture re-initialised "
+        "(random-init), or none (default auto: random-init up to 500M parameters)",
+    )  # fmt: skip
 
 
 def _folder_name(text: str) -> str:
@@ -88,6 +93,7 @@ def run_run_command(args: argparse.Namespace) -> None:
         top_trials=args.top_trials, reweighting_epochs=args.epochs,
         position_policy=args.position_policy, compression_engine=args.compression_engine,
         device_map=args.device_map,
+        null_model=args.null_model,
     )  # fmt: skip
     out = args.out or Path("results") / f"{_folder_name(args.model)}-{_folder_name(args.task)}"
     check_out(out)  # before the model loads: a refused folder costs nothing

@@ -20,6 +20,7 @@ from anchor_flow.analysis.flows import InformationFlow
 from anchor_flow.analysis.isolation import IsolationResult
 from anchor_flow.analysis.saliency.result import SaliencyResult
 from anchor_flow.errors import ResultsError
+from anchor_flow.report.findings import findings_sections
 from anchor_flow.report.html import ReportSection, write_report
 from anchor_flow.report.sections import (
     applications_report_sections,
@@ -118,12 +119,13 @@ def render_results_folder(directory: str | os.PathLike[str]) -> Path:
             "`anchor-flow run` or one of its experiment commands (a run that finished)"
         )
     sections: list[ReportSection] = [] if record is None else [_run_section(record)]
+    sections = [*findings_sections(directory, record or {}), *sections]  # issue 16: first
     settings: dict[str, Any] = {} if record is None else _run_settings(record)
     if flow is not None:
         # Raw results: saliency/ or saliency/<run>/ (one per seed); heatmaps use the first.
         runs = sorted(meta.parent for meta in (directory / "saliency").rglob("saliency_meta.json"))
         sections += saliency_report_sections(flow, SaliencyResult.load(runs[0]) if runs else None)
-        _merge(settings, "", flow.settings, record)
+        _merge(settings, "saliency ", flow.settings, record)
     if has["isolation"]:
         isolation_result = IsolationResult.load(isolation.parent)
         sections += isolation_report_sections(isolation_result)
@@ -146,7 +148,7 @@ def render_results_folder(directory: str | os.PathLike[str]) -> Path:
     if has["compression"]:
         compression_sections, compression_settings = compression_report_sections(compression.parent)
         sections += compression_sections
-        _merge(settings, "", compression_settings, record)
+        _merge(settings, "compression ", compression_settings, record)
     model = (record or {}).get("model", {}).get("name") or next(
         (v for k, v in settings.items() if k.endswith("model") and isinstance(v, str)), None
     )
@@ -165,5 +167,7 @@ def _merge(
 ) -> None:
     """Add a result's settings; in a run, only those the run record does not already show."""
     for key, value in extra.items():
+        if record is not None and key == "model":  # the run's table says "model name"
+            continue
         if record is None or (key not in settings and f"model {key}" not in settings):
             settings.setdefault(f"{prefix}{key}", value)

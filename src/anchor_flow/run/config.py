@@ -35,6 +35,9 @@ class RunConfig:
     vs the full prompt (Table 3). ``prepend_bos="auto"`` starts prompts with BOS only where
     the checkpoint's own tokenizer does (not GPT-2, as in the paper); ``seed_aggregation``
     ``"per_seed"`` normalises each seed's mean flows, then averages (the paper's notebook).
+    The findings (issue 16) call the first and last
+    ``claim_layer_fraction`` of the layers shallow and deep, and compare with a re-initialised
+    copy of the model (``null_model``: ``"auto"`` = ``"random-init"`` up to 500M parameters).
 
     Example:
         >>> RunConfig(task="demo-k3", n_examples=50, experiments=("saliency", "deep")).seeds
@@ -70,6 +73,8 @@ class RunConfig:
     speed_queries: int = 8
     diagnosis_layer: int | None = None
     n_components: int = 10
+    null_model: Literal["auto", "random-init", "none"] = "auto"
+    claim_layer_fraction: float = 1 / 3
 
     def __post_init__(self) -> None:
         unknown = [e for e in self.experiments if e not in EXPERIMENTS]
@@ -97,6 +102,14 @@ class RunConfig:
                     f"{name}={getattr(self, name)!r}; expected one of "
                     f"{', '.join(map(repr, allowed))}"
                 )
+        if not (
+            isinstance(self.claim_layer_fraction, (int, float))
+            and 0.0 < self.claim_layer_fraction <= 0.5
+        ):
+            raise AnchorFlowError(
+                f"claim_layer_fraction={self.claim_layer_fraction!r}; expected a share of the "
+                "layers in (0, 0.5] (shallow = first, deep = last that share)"
+            )
         bad = [m for m in self.compression_methods if m not in COMPRESSION_METHODS]
         if bad or not self.compression_methods:
             raise AnchorFlowError(

@@ -142,6 +142,7 @@ def listed_files(record: Mapping[str, Any]) -> list[str]:
     names: list[str] = []
     for entry in record.get("experiments", {}).values():
         names += entry.get("contents") or entry.get("files", ())
+    names += (record.get("null_model") or {}).get("files", ())  # the findings' null model
     return names
 
 

@@ -26,10 +26,13 @@ import json
 import platform
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
+
+from tqdm.auto import tqdm
 
 from anchor_flow.errors import AnchorFlowError, ResultsError
 from anchor_flow.models.bos import forced_prepend_bos, prepend_bos_option
@@ -38,6 +41,7 @@ from anchor_flow.report.folder import render_results_folder
 from anchor_flow.results.files import write_atomic
 from anchor_flow.results.record import SCHEMA, load_run
 from anchor_flow.run.config import NOT_IN_RESULTS, RunConfig
+from anchor_flow.run.findings import NULL_FILES, update_findings
 from anchor_flow.run.folder import (
     changed,
     check_out,
@@ -133,6 +137,14 @@ def _start(
     return previous
 
 
+@contextmanager
+def _bar(name: str, progress: bool) -> Iterator[None]:
+    """One progress bar for one experiment: its name and time, full when it is done."""
+    with tqdm(total=1, desc=name, unit="experiment", disable=not progress, leave=True) as bar:
+        yield
+        bar.update(1)
+
+
 def run_experiments(
     model: Any,
     out: str | Path,
@@ -157,7 +169,7 @@ def run_experiments(
         config: the run's settings (default: :class:`RunConfig`'s, the paper's protocol).
         model_source: how the model was named (recorded; default: the model's name).
         restart: delete this folder's previous run files first instead of resuming.
-        progress: progress bars.
+        progress: one progress bar per experiment (the inner calls' own bars stay hidden).
         on_event: called with one line per experiment started, skipped and finished.
 
     Returns:
@@ -172,7 +184,8 @@ def run_experiments(
     directory = check_out(out)  # everything is validated before the folder is created
     adapter = adapt(model)
     info = {**model_info(adapter), "source": model_source or adapter.name}
-    context = RunContext.create(model, adapter, config, directory, progress)
+    # One bar per experiment (see _bar); the run_* calls inside the steps stay quiet.
+    context = RunContext.create(model, adapter, config, directory, False)
     # Validation measures prompt lengths: with the run's BOS choice, as the steps will.
     with forced_prepend_bos(model, prepend_bos_option(config.prepend_bos)):
         _resolve_inputs(context, say)
@@ -181,9 +194,9 @@ def run_experiments(
     directory.mkdir(parents=True, exist_ok=True)
     with hold_lock(directory), thread_policy(model):
         remove_temporary(directory, [*(f for v in STEP_FILES.values() for f in v),
-                                     "results.json", "report.html"])  # fmt: skip
+                                     *NULL_FILES, "results.json", "report.html"])  # fmt: skip
         record = _start(directory, config, info, restart, fingerprint)
-        return _run_steps(directory, config, context, record, say)
+        return _run_steps(directory, config, context, record, say, progress)
 
 
 # The prompt scheme each step reads from the context (re-weighting draws its own prompts).
@@ -229,6 +242,7 @@ def _run_steps(
     context: RunContext,
     record: dict[str, Any],
     say: Callable[[str], None],
+    progress: bool,
 ) -> dict[str, Any]:
     # Merge: a resumed run skips steps, so it would not re-resolve what they resolved.
     resolved = record.get("settings_resolved", {})
@@ -248,7 +262,8 @@ def _run_steps(
         record["experiments"][name] = {"status": "running", "started": started}
         _write_json(directory / "results.json", {**record, "updated": _now()})
         try:
-            summary = run_step(name, context)
+            with _bar(name, progress):
+                summary = run_step(name, context)
         except BaseException as error:
             written = contents(directory, STEP_FILES[name])  # a failed step leaves no partials
             remove_listed(directory, [f for f in written if f not in before])
@@ -275,6 +290,18 @@ def _run_steps(
         _write_json(directory / "results.json", {**record, "updated": _now()})
         render_results_folder(directory)
         say(f"{name}: done in {seconds:.1f} s")
+    with _bar("findings", progress):
+        findings = update_findings(context, record)  # the claims' verdicts (issue 16)
+    if any(record.get(k) != v for k, v in findings.items()):
+        record.update(findings)
+        _write_json(directory / "results.json", {**record, "updated": _now()})
+        render_results_folder(directory)
+    with _bar("findings", progress):
+        findings = update_findings(context, record)  # the claims' verdicts (issue 16)
+    if any(record.get(k) != v for k, v in findings.items()):
+        record.update(findings)
+        _write_json(directory / "results.json", {**record, "updated": _now()})
+        render_results_folder(directory)
     if not (directory / "report.html").exists():
         render_results_folder(directory)
     return record

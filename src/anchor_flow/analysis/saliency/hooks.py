@@ -78,6 +78,8 @@ class SaliencyHooks:
         maps: ``[batch, layer, pos, pos]`` saliency maps when ``keep_maps``, else None.
         head_maps: ``[batch, layer, head, pos, pos]`` per-head ``|A ⊙ G|`` when
             ``keep_head_maps``, else None.
+        text_row_sums: ``[batch, layer, pos]`` per reading position (row), saliency summed
+            over its edges from text positions (the within-row comparison of claim C1).
     """
 
     fwd_hooks: HookList
@@ -85,6 +87,7 @@ class SaliencyHooks:
     group_sums: Float[Tensor, "batch layer group"]
     maps: Float[Tensor, "batch layer pos pos"] | None
     head_maps: Float[Tensor, "batch layer head pos pos"] | None
+    text_row_sums: Float[Tensor, "batch layer pos"] | None = None
     layers_seen: set[int] = field(default_factory=set)
     _patterns: dict[int, Tensor] = field(default_factory=dict, repr=False)
 
@@ -135,6 +138,8 @@ def saliency_hooks(
     # Index 0 collects non-edges (group -1) and is dropped afterwards.
     flat_groups = (groups + 1).reshape(n_batch, -1)
     groups_on: dict[torch.device, Tensor] = {device: flat_groups}
+    text_groups = [g for g, name in enumerate(FINE_GROUPS) if " <- text" in name]
+    text_edges = torch.isin(groups, torch.tensor(text_groups, device=device)).float()
     recorder = SaliencyHooks(
         fwd_hooks=[],
         bwd_hooks=[],
@@ -158,6 +163,9 @@ def saliency_hooks(
             )
             if keep_head_maps
             else None
+        ),
+        text_row_sums=torch.zeros(
+            n_batch, adapter.n_layers, n_pos, device=device, dtype=torch.float32
         ),
     )
 
@@ -187,6 +195,8 @@ def saliency_hooks(
         sums = torch.zeros(n_batch, n_groups + 1, device=here, dtype=torch.float32)
         sums.scatter_add_(1, groups_on[here], saliency.reshape(n_batch, -1))
         recorder.group_sums[:, layer] = sums[:, 1:].to(device)
+        if recorder.text_row_sums is not None:
+            recorder.text_row_sums[:, layer] = (saliency * text_edges.to(here)).sum(-1).to(device)
         if recorder.maps is not None:
             recorder.maps[:, layer] = saliency.to(device)
         if recorder.head_maps is not None:

@@ -70,6 +70,7 @@ class _BatchOutput:
     label_probs: Tensor
     maps: Tensor | None
     head_maps: Tensor | None
+    text_row_sums: Tensor | None
 
 
 def _saliency_of_batch(
@@ -119,6 +120,7 @@ def _saliency_of_batch(
         label_probs=probs.cpu(),
         maps=None if recorder.maps is None else recorder.maps.cpu(),
         head_maps=None if recorder.head_maps is None else recorder.head_maps.cpu(),
+        text_row_sums=None if recorder.text_row_sums is None else recorder.text_row_sums.cpu(),
     )
 
 
@@ -235,6 +237,11 @@ def run_saliency(
         n_pos = batch.tokens.shape[1]
         return torch.cat([_pad_square(getattr(out, name), n_pos) for _, out in outputs])[inverse]
 
+    n_pos = batch.tokens.shape[1]
+    text_row_sums = torch.cat(
+        [F.pad(out.text_row_sums, (0, n_pos - out.text_row_sums.shape[-1]))
+         for _, out in outputs if out.text_row_sums is not None]
+    )[inverse] if outputs[0][1].text_row_sums is not None else None  # fmt: skip
     settings = {
         "model": adapter.name,
         "tl_class": adapter.kind,
@@ -257,4 +264,5 @@ def run_saliency(
         settings=settings,
         maps=gather_maps("maps"),
         head_maps=gather_maps("head_maps"),
+        text_row_sums=text_row_sums,
     )

@@ -43,6 +43,9 @@ class SaliencyResult:
         settings: how the saliency was computed (JSON-safe).
         maps: ``[prompt, layer, pos, pos]`` saliency maps, if kept.
         head_maps: ``[prompt, layer, head, pos, pos]`` per-head maps, if kept.
+        text_row_sums: ``[prompt, layer, pos]`` per reading position, saliency summed over
+            its edges from text positions (claim C1's within-row comparison); None in
+            results saved before it existed.
     """
 
     group_sums: Float[Tensor, "prompt layer group"]
@@ -54,6 +57,7 @@ class SaliencyResult:
     settings: dict[str, Any] = field(default_factory=dict)
     maps: Float[Tensor, "prompt layer pos pos"] | None = None
     head_maps: Float[Tensor, "prompt layer head pos pos"] | None = None
+    text_row_sums: Float[Tensor, "prompt layer pos"] | None = None
 
     def __post_init__(self) -> None:
         n = self.group_sums.shape[0]
@@ -140,6 +144,8 @@ class SaliencyResult:
             arrays["maps"] = self.maps.numpy()
         if self.head_maps is not None:
             arrays["head_maps"] = self.head_maps.numpy()
+        if self.text_row_sums is not None:
+            arrays["text_row_sums"] = self.text_row_sums.numpy()
         meta = {
             "schema": SCHEMA,
             "settings": self.settings,
@@ -170,7 +176,8 @@ class SaliencyResult:
                 f"{str(directory)!r} holds schema {meta.get('schema')!r}; expected {SCHEMA!r} "
                 "with this version's edge groups"
             )
-        optional = {k: torch.from_numpy(arrays[k]) for k in ("maps", "head_maps") if k in arrays}
+        optional = {k: torch.from_numpy(arrays[k]) for k in ("maps", "head_maps", "text_row_sums")
+                    if k in arrays}  # fmt: skip
         return cls(
             group_sums=torch.from_numpy(arrays["group_sums"]),
             group_counts=torch.from_numpy(arrays["group_counts"]),

@@ -128,12 +128,22 @@ def plot_deep(result: DeepResult, *, ci: bool = True, level: float = 0.95) -> go
                    hovertemplate="R_l, layer %{x}: %{y:.3f}<extra></extra>")
     )  # fmt: skip
     figure.add_hline(y=0.5, line={"color": "#999", "dash": "dot"})
+    if bool(result.auc().isnan().all()):
+        figure.add_annotation(
+            text="AUCROC_l is undefined in every layer: the model predicts a single class on "
+            "every prompt, so there is nothing to classify", xref="paper", yref="paper",
+            x=0.5, y=0.5, showarrow=False,
+        )  # fmt: skip
+    # One shared range for both axes: each curve is drawn at its own value, so R_l is not
+    # laid exactly over AUCROC_l by two autoscaled axes.
+    r = [v for v in _cells(result.r_curve()) if v is not None]
+    shared = [min([0.0, *r]) - 0.05, max([1.0, *r]) + 0.05]
     figure.update_layout(
         title={"text": "Target attention to label words as a classifier of the prediction"
                f"<br><sup>n_prompts={result.n_prompts}, n_runs={result.n_runs}</sup>"},
         xaxis={"title": {"text": "Layer"}, "tickmode": "linear", "dtick": 1},
-        yaxis={"title": {"text": "AUCROC_l"}},
-        yaxis2={"title": {"text": "R_l"}, "overlaying": "y", "side": "right"},
+        yaxis={"title": {"text": "AUCROC_l"}, "range": shared},
+        yaxis2={"title": {"text": "R_l"}, "overlaying": "y", "side": "right", "range": shared},
         hovermode="x unified", template="plotly_white",
     )  # fmt: skip
     return figure
@@ -167,8 +177,9 @@ def plot_flows_with_auc(flow: InformationFlow, deep: DeepResult) -> go.Figure:
         title={"text": "Shallow aggregation and deep reading: S_wp, S_pq and AUCROC_l"
                f"<br><sup>saliency prompts={flow.n_prompts}, deep prompts={deep.n_prompts}</sup>"},
         xaxis={"title": {"text": "Layer"}, "tickmode": "linear", "dtick": 1},
-        yaxis={"title": {"text": "Relative saliency"}},
-        yaxis2={"title": {"text": "AUCROC_l"}, "overlaying": "y", "side": "right"},
+        yaxis={"title": {"text": "Relative saliency"}, "range": [-0.02, 1.02]},
+        yaxis2={"title": {"text": "AUCROC_l"}, "overlaying": "y", "side": "right",
+                "range": [-0.02, 1.02]},  # the same scale: no accidental overlap
         hovermode="x unified", template="plotly_white",
     )  # fmt: skip
     return figure

@@ -73,8 +73,11 @@ def plot_betas(
         )
         figure.update_xaxes(title_text="Head", row=1, col=c + 1)
     figure.update_yaxes(title_text="Layer", row=1, col=1)
+    figure.update_xaxes(tickmode="linear", dtick=1, tick0=0)
+    figure.update_yaxes(tickmode="linear", dtick=1, tick0=0)
     title = "mean over runs" if run is None else result.run_names[run]
-    figure.update_layout(title=f"Anchor re-weighting: beta per layer and head ({title})")
+    figure.update_layout(title=f"Anchor re-weighting: beta per layer and head ({title})",
+                         template="plotly_white")  # fmt: skip
     return figure
 
 
@@ -107,6 +110,7 @@ def plot_reweighting_accuracy(result: ReweightingResult, *, level: float = 0.95)
         f"{int(level * 100)}% interval over {over})",
         yaxis={"title": {"text": "Accuracy"}, "range": [0, 1.05]},
         xaxis={"title": {"text": "Method"}},
+        template="plotly_white",
     )
     return figure
 
@@ -178,18 +182,33 @@ def plot_confusion_correlation(
         )
     mean = frame.groupby(["n_components", "layer"], as_index=False)["spearman"].mean()
     figure = go.Figure()
-    for m, rows in mean.groupby("n_components"):
+    dashes = ("solid", "dash", "dot", "dashdot", "longdash")
+    symbols = ("circle", "square", "diamond", "cross", "x")
+    for index, (m, rows) in enumerate(mean.groupby("n_components")):
+        # Distinct dashes and markers: lines with equal values would hide each other.
         figure.add_trace(
             go.Scatter(
                 x=rows["layer"].tolist(),
                 y=_cells(torch.tensor(rows["spearman"].to_numpy())),
                 mode="lines+markers",
                 name=f"M = {m}",
+                line={"dash": dashes[index % len(dashes)]},
+                marker={"symbol": symbols[index % len(symbols)], "size": 9 - index},
             )
         )
+    finite = set(mean.loc[mean["spearman"].notna(), "layer"].tolist())
+    missing = [layer for layer in range(int(mean["layer"].max()) + 1) if layer not in finite]
+    if missing:
+        figure.add_annotation(
+            text=f"no value in layer(s) {', '.join(map(str, missing))}: not recorded, or the "
+            "rank correlation is undefined there (a constant input)",
+            xref="paper", yref="paper", x=0, y=-0.28, showarrow=False, xanchor="left",
+        )  # fmt: skip
     figure.update_layout(
         title="Rank correlation of predicted and real confusion per layer",
-        xaxis={"title": {"text": "Layer"}},
+        xaxis={"title": {"text": "Layer"}, "tickmode": "linear", "dtick": 1, "tick0": 0},
         yaxis={"title": {"text": "Spearman rho"}, "range": [-1.05, 1.05]},
+        template="plotly_white",
+        margin={"b": 110},
     )
     return figure

@@ -1,0 +1,40 @@
+"""Findings (issue 16): does a run show the paper's claims C1-C4, against controls?
+
+``verdicts`` holds the vocabulary (claims, verdicts, margins, shallow/deep layers,
+:class:`Finding`); ``claims`` computes each claim's statistic from the result objects of
+saliency, isolation and the deep-layer experiment. Pure: runs no model, plots nothing.
+
+Part of its parent package; the parent's import rules apply.
+"""
+
+from anchor_flow.analysis.findings.claims import (
+    causal_anchors,
+    deep_prediction,
+    deep_reading,
+    shallow_aggregation,
+)
+from anchor_flow.analysis.findings.verdicts import (
+    CLAIMS,
+    MARGINS,
+    VERDICTS,
+    ClaimLayers,
+    Finding,
+    claim_layers,
+    findings_frame,
+    verdict,
+)
+
+__all__ = [
+    "CLAIMS",
+    "MARGINS",
+    "VERDICTS",
+    "ClaimLayers",
+    "Finding",
+    "causal_anchors",
+    "claim_layers",
+    "deep_prediction",
+    "deep_reading",
+    "findings_frame",
+    "shallow_aggregation",
+    "verdict",
+]
