@@ -127,11 +127,7 @@ def shallow_aggregation(
     """
     values = torch.cat([_c1_per_prompt(r, layers) for r in results])
     values = values[~values.isnan().any(1)]
-    if values.shape[0] == 0:
-        point = low = high = control = math.nan
-    else:
-        point, low, high = _interval(values, _ratio_of_means, n_resamples, seed)
-        control = float(values[:, 1].mean())
+    point, low, high, control = _ratio_interval(values, n_resamples, seed)
     outcome = verdict(point, low, high, "ratio")
     what = (f"in layers {span(layers)} a label word draws {point:.3g}x [{low:.3g}, {high:.3g}] "
             "the saliency per edge from the text before it that the positions next to it "
@@ -141,6 +137,17 @@ def shallow_aggregation(
                    "text and formatting rows next to each label word, <- text, per edge",
                    control, sentence("C1", outcome, what), int(values.shape[0]),
                    tuple(layers))  # fmt: skip
+
+
+def _ratio_interval(
+    values: Tensor, n_resamples: int, seed: int
+) -> tuple[float, float, float, float]:
+    """Ratio of the two columns' means with its bootstrap interval, and the control's mean
+    (column 1); all NaN when no prompt is left."""
+    if values.shape[0] == 0:
+        return math.nan, math.nan, math.nan, math.nan
+    point, low, high = _interval(values, _ratio_of_means, n_resamples, seed)
+    return point, low, high, float(values[:, 1].mean())
 
 
 def _groups(row: str, columns: tuple[str, ...]) -> list[int]:
@@ -168,11 +175,7 @@ def deep_reading(
         parts.append(torch.stack([m.mean(1) for m in mean], dim=1))
     values = torch.cat(parts)
     values = values[~values.isnan().any(1) & ~values.isinf().any(1)]
-    if values.shape[0] == 0:
-        point = low = high = control = math.nan
-    else:
-        point, low, high = _interval(values, _ratio_of_means, n_resamples, seed)
-        control = float(values[:, 1].mean())
+    point, low, high, control = _ratio_interval(values, n_resamples, seed)
     outcome = verdict(point, low, high, "ratio")
     what = (f"in layers {span(layers)} the target draws {point:.3g}x [{low:.3g}, {high:.3g}] "
             "the saliency per edge from the label words that it draws from its other text and "
