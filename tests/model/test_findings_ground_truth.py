@@ -10,9 +10,13 @@
   attends to the classes it does not predict), C2 holds, C1 is not shown.
 
 Small settings (one seed, 30-40 prompts) so that each model takes seconds on one CPU thread.
-Models load as TransformerBridge on TL 3.9 and 4.3 alike. Known open problem: on TL 3.9's
-HookedTransformer the planted models' random-init null (TL's own init_weights) gives C4
-"holds" with these 30 prompts; not investigated yet.
+Every test runs on a TransformerBridge (TL 3.9 and 4.x) and, where TL 3.9 is installed, on a
+HookedTransformer too (marker ``hooked``): the two re-initialise differently (TL's
+``init_weights``: std 0.8 / sqrt(d_model), untied unembedding; the bridge: Hugging Face's
+``initializer_range``, tied), so a null that holds nothing on one only by luck shows here. The
+planted nulls' attention is near uniform (the split of the target's label attention between
+the classes varies by 1e-3 or less); AUCROC_l ranks such differences anyway and lands
+anywhere in 0.3-0.85, so C4 needs attention that varies (``MARGINS["share"]``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from anchor_flow.icl.sampling import task_prompts
 from anchor_flow.icl.tasks import get_task
 from anchor_flow.models.loading import load_model
 from anchor_flow.models.null import random_init_copy
-from anchor_flow.models.tl_adapter import adapt, model_parameters
+from anchor_flow.models.tl_adapter import adapt, hooked_transformer_class, model_parameters
 from conftest import assert_no_hooks
 
 CASES = {"planted-anchor": ("synthetic-k3", 30), "planted-formatting": ("synthetic-k3", 30),
@@ -63,16 +67,25 @@ def _verdicts(model: Any, task_name: str, n: int, *, isolation: bool) -> dict[st
     return {f.claim: f.verdict for f in found}
 
 
-@pytest.fixture(scope="module")
-def verdicts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
+_NO_HOOKED = hooked_transformer_class() is None
+
+
+@pytest.fixture(
+    scope="module",
+    params=["bridge", pytest.param("hooked", marks=[pytest.mark.hooked, pytest.mark.skipif(
+        _NO_HOOKED, reason="HookedTransformer needs transformer-lens 3.x")])],
+)  # fmt: skip
+def verdicts(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, dict[str, str]]:
     torch.set_num_threads(1)
     out = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ANCHOR_FLOW_CACHE", str(tmp_path_factory.mktemp("cache")))
         patch.setenv("HF_HUB_OFFLINE", "1")
         for name, (task, n) in CASES.items():
-            # The bridge on both TL versions (see the module docstring for the HookedTransformer).
-            model = load_model(name, tl_class="bridge")
+            model = load_model(name, tl_class=request.param)
+            assert adapt(model).kind == request.param
             out[name] = _verdicts(model, task, n, isolation=True)
             out[f"{name} null"] = _verdicts(random_init_copy(model, seed=42), task, n,
                                             isolation=False)  # fmt: skip

@@ -185,6 +185,46 @@ def test_c4_on_a_model_that_predicts_one_class_says_why_it_is_inconclusive() -> 
     assert "predicts a single class" in finding.sentence
 
 
+def _ranked_attention(scale: float, n: int = 60) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three classes; the predicted class always gets ``scale`` more of the target's attention
+    than the others (a perfect ranking), on top of a uniform 0.07 per class."""
+    predictions = torch.arange(3).repeat(n // 3)
+    scores = 0.07 + scale * torch.nn.functional.one_hot(predictions, 3).double()
+    return scores[:, None, :], predictions
+
+
+def test_c4_does_not_hold_on_near_uniform_attention_that_ranks_perfectly() -> None:
+    # A random-init network: the split of the target's attention moves by 1e-4 (its share
+    # by ~5e-4), yet AUCROC ranks it perfectly. It cannot carry the prediction.
+    flat = _deep(*_ranked_attention(1e-4))
+    assert float(flat.auc()[0]) == pytest.approx(1.0)
+    assert float(flat.share_spread()[0]) < 1e-3
+    finding = deep_prediction(flat, (0,))
+    assert finding.verdict == "does not hold"
+    assert "hardly varies" in finding.sentence
+    assert finding.details["share_spread"][0] < 1e-3
+    # The same ranking with attention that moves: the claim holds.
+    varying = _deep(*_ranked_attention(0.2))
+    assert float(varying.share_spread()[0]) > 0.1
+    assert deep_prediction(varying, (0,)).verdict == "holds"
+
+
+def test_c4_decides_on_a_deep_layer_whose_attention_varies() -> None:
+    flat, predictions = _ranked_attention(1e-4)  # AUC 1 on a near-uniform split
+    weak = 0.07 + 0.2 * torch.rand(60, 1, 3, generator=torch.Generator().manual_seed(1))
+    weak[:, 0, :] += 0.05 * torch.nn.functional.one_hot(predictions, 3)
+    finding = deep_prediction(_deep(torch.cat([flat, weak], 1), predictions), (0, 1))
+    assert finding.details["layer"] == 1
+
+
+def test_share_spread_is_the_spread_of_each_predicted_class_share() -> None:
+    scores = torch.tensor([[1.0, 3.0, 9.0], [3.0, 1.0, 9.0], [1.0, 1.0, 9.0]])[:, None, :]
+    result = _deep(scores, torch.tensor([0, 1, 0]))  # class 2 never predicted: dropped
+    shares = torch.tensor([[0.25, 0.75], [0.75, 0.25], [0.5, 0.5]], dtype=torch.float64)
+    assert float(result.share_spread()[0]) == pytest.approx(float(shares.std(0).mean()))
+    assert torch.isnan(_deep(scores, torch.zeros(3).long()).share_spread()).all()
+
+
 def test_findings_match_the_json_schema_and_the_report_table() -> None:
     schema = json.loads(
         resources.files("anchor_flow").joinpath("data/results.schema.json").read_text()

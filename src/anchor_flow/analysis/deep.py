@@ -155,6 +155,34 @@ class DeepResult(PooledResult):
         """AUCROC_l averaged over runs (the curve of the paper's Fig. 5)."""
         return self.auc_per_run().nanmean(0)
 
+    def share_spread(self) -> Float[Tensor, " layer"]:
+        """How much the target's split of its label-word attention varies between prompts.
+
+        Per run and layer: each predicted class's share of the target's attention to the
+        predicted classes' label words, its standard deviation over prompts, averaged over
+        those classes; then averaged over runs (NaN where a run predicts fewer than two
+        classes). 0 when the split never changes; a random-init network's near-uniform
+        attention gives about 1e-3 or less, a model that reads its prediction from the label
+        words tenths. AUCROC_l ranks differences of any size, so it needs this beside it.
+
+        Example:
+            >>> flat = DeepResult(torch.full((4, 1, 2), 0.3), torch.eye(2).repeat(2, 1),
+            ...                   torch.tensor([0, 1] * 2), torch.zeros(4).long(), ("seed-0",))
+            >>> flat.share_spread().tolist()
+            [0.0]
+        """
+        per_run = torch.full((self.n_runs, self.n_layers), math.nan, dtype=torch.float64)
+        for r in range(self.n_runs):
+            rows = self.run == r
+            kept = torch.unique(self.predictions[rows])
+            if len(kept) < 2 or int(rows.sum()) < 2:
+                continue
+            scores = self.scores[rows][:, :, kept].double()
+            total = scores.sum(-1, keepdim=True)
+            share = torch.where(total > 0, scores / total, 1.0 / len(kept))
+            per_run[r] = share.std(0).mean(-1)
+        return per_run.nanmean(0)
+
     def r_curve(self) -> Float[Tensor, " layer"]:
         """R_l (Eq. 5) of the run-averaged AUC curve; it ends at 1."""
         return cumulative_auc_ratio(self.auc())

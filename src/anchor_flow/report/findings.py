@@ -55,7 +55,10 @@ _FINDINGS = (
     "deep layers {deep} (the first and last {fraction} of the layers). Intervals are 95% "
     "bootstrap intervals over prompts. A claim 'holds' when its interval excludes no effect and "
     "the estimate clears a margin (ratio {ratio}, loyalty difference {difference}, AUC 0.5 ± "
-    "{auc}); 'does not hold' when the interval rules out an effect that large; 'inverted' when "
+    "{auc}; for C4 also attention that varies: near-uniform attention, whose split between the "
+    "classes moves by less than {share} between prompts, cannot carry a prediction, so there C4 "
+    "does not hold whatever its AUC); 'does not hold' when the interval rules out an effect "
+    "that large; 'inverted' when "
     "the opposite holds; else 'inconclusive'. {null} Claims whose experiment was not run are "
     "not listed."
 )

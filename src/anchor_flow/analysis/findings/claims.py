@@ -18,7 +18,9 @@ into it, so that edge counts, the loss's position or chance cannot create the ef
 * **C4, deep prediction** (§2.3): the target's attention to each class's label words in a
   deep layer predicts the model's output: AUCROC_l above 0.5. Statistic: the deep layer whose
   AUCROC_l is furthest from 0.5 (the decisive one, so that a strong but negative relation
-  is not hidden behind a weak positive one).
+  is not hidden behind a weak positive one), among the deep layers whose label attention
+  varies between prompts by more than a near-uniform one does; where none varies, the claim
+  does not hold (a random network's AUC ranks attention differences of 1e-4).
 
 Verdicts and margins: :mod:`anchor_flow.analysis.findings.verdicts`. Intervals are 95%
 percentile bootstraps over prompts (C3: paired, the same prompts in every condition).
@@ -39,6 +41,7 @@ from torch import Tensor
 from anchor_flow.analysis.deep import DeepResult, classifier_auc
 from anchor_flow.analysis.edges import FINE_GROUPS
 from anchor_flow.analysis.findings.verdicts import (
+    MARGINS,
     Finding,
     json_safe,
     safe_float,
@@ -266,17 +269,25 @@ def deep_prediction(
     n_resamples: int = 200,
     seed: int = 0,
 ) -> Finding:
-    """C4 from a deep-layer result: the decisive deep layer's AUCROC_l against 0.5."""
-    auc = result.auc()
+    """C4 from a deep-layer result: the decisive deep layer's AUCROC_l against 0.5.
+
+    The decisive layer is the deep layer furthest from 0.5 among those whose label attention
+    varies between prompts (:meth:`DeepResult.share_spread` at least ``MARGINS["share"]``).
+    Where none varies that much the claim does not hold, whatever the AUC: the attention is
+    near uniform and cannot be what the output is read from (a random-init network's AUC on
+    differences of 1e-4 is anywhere in 0.3-0.85, stable as prompts are added).
+    """
+    auc, spread = result.auc(), result.share_spread()
     candidates = [(abs(float(auc[layer]) - 0.5), layer) for layer in layers
                   if not math.isnan(float(auc[layer]))]  # fmt: skip
+    varying = [c for c in candidates if float(spread[c[1]]) >= MARGINS["share"]]
     if not candidates:
         text = ("Inconclusive: the model predicts a single class on these prompts, so "
                     "AUCROC_l is undefined in every deep layer.")  # fmt: skip
         return Finding("C4", subject, "inconclusive", "AUCROC_l of the decisive deep layer",
                        math.nan, math.nan, math.nan, 0.5, "chance", 0.5, text,
                        result.n_prompts, tuple(layers))  # fmt: skip
-    layer = max(candidates)[1]
+    layer = max(varying or candidates)[1]
     predictions = result.predictions
 
     def statistic(rows: Tensor) -> Tensor:
@@ -294,9 +305,17 @@ def deep_prediction(
     what = (f"in layer {layer} the target's attention to each class's label words predicts the "
             f"model's output with AUCROC {point:.3f} [{float(low[0]):.3f}, {float(high[0]):.3f}]"
             " against 0.5 for chance")  # fmt: skip
-    if outcome == "inverted":
+    if not varying:
+        outcome = "does not hold"
+        what = (f"the target's attention hardly varies between prompts (its split between the "
+                f"classes' label words has a standard deviation of {float(spread[layer]):.1e} "
+                f"in layer {layer}, below {MARGINS['share']}), so it cannot carry the "
+                f"prediction; ranked anyway, it gives AUCROC {point:.3f} "
+                f"[{float(low[0]):.3f}, {float(high[0]):.3f}]")  # fmt: skip
+    elif outcome == "inverted":
         what += " (it attends to the classes it does not predict)"
     return Finding("C4", subject, outcome, f"AUCROC_l of the decisive deep layer ({layer})",
                    point, float(low[0]), float(high[0]), 0.5, "chance", 0.5,
                    sentence("C4", outcome, what), result.n_prompts, tuple(layers),
-                   {"layer": layer, "auc": [safe_float(a) for a in auc.tolist()]})  # fmt: skip
+                   {"layer": layer, "auc": [safe_float(a) for a in auc.tolist()],
+                    "share_spread": [safe_float(s) for s in spread.tolist()]})  # fmt: skip

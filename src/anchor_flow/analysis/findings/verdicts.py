@@ -2,7 +2,7 @@
 
 Verdicts use a 95% percentile-bootstrap interval over prompts and a margin of practical
 relevance (:data:`MARGINS`: a ratio of 1.25, a loyalty difference of 0.05, an AUC 0.05 from
-chance): ``"holds"`` when the interval excludes no effect on the paper's side and the estimate
+chance, for C4 attention whose split between the classes varies by 0.01): ``"holds"`` when the interval excludes no effect on the paper's side and the estimate
 clears the margin; ``"inverted"`` the same on the opposite side; ``"does not hold"`` when the
 interval rules out an effect as large as the margin on either side (also when it is
 significant but smaller than the margin); otherwise ``"inconclusive"`` (a wide interval, too
@@ -40,9 +40,12 @@ CLAIMS = {
     "C4": "deep target-to-label attention predicts the output",
 }
 VERDICTS = ("holds", "does not hold", "inverted", "inconclusive")
-MARGINS = {"ratio": 1.25, "difference": 0.05, "auc": 0.05}
+MARGINS = {"ratio": 1.25, "difference": 0.05, "auc": 0.05, "share": 0.01}
 """The smallest effect that counts: a ratio of 1.25, a loyalty difference of 0.05, an AUC
-0.05 away from 0.5."""
+0.05 away from 0.5; for C4 also a split of the target's label attention between the classes
+that varies between prompts by at least 0.01 (standard deviation of a class's share,
+:meth:`~anchor_flow.analysis.deep.DeepResult.share_spread`): AUCROC_l ranks differences of any
+size, and a random network's near-uniform attention ranks by differences of 1e-4."""
 
 Kind = Literal["ratio", "difference", "auc"]
 _NO_EFFECT = {"ratio": 1.0, "difference": 0.0, "auc": 0.5}
