@@ -97,7 +97,9 @@ def findings_section(record: dict[str, Any]) -> ReportSection | None:
     if null.get("kind") == "random-init":
         null_text = (f"The null model is the same architecture re-initialised (seed "
                      f"{null.get('seed')}) on the prompts of {null.get('prompts', 'one seed')}: "
-                     "on it no claim should hold.")  # fmt: skip
+                     "on it no claim should hold. It has no C3 row: C3's control is the "
+                     "random-row isolation arm on the model itself, so the null model runs "
+                     "no isolation.")  # fmt: skip
     else:
         null_text = f"No null model: {null.get('reason', 'none was run')}."
     text = _FINDINGS.format(

@@ -122,9 +122,11 @@ def render_results_folder(directory: str | os.PathLike[str]) -> Path:
     sections = [*findings_sections(directory, record or {}), *sections]  # issue 16: first
     settings: dict[str, Any] = {} if record is None else _run_settings(record)
     if flow is not None:
-        # Raw results: saliency/ or saliency/<run>/ (one per seed); heatmaps use the first.
+        # Raw results: saliency/ or saliency/<run>/ (one per seed). The role-to-role matrix
+        # pools them all, as the flows do; the heatmaps use the first (its maps only).
         runs = sorted(meta.parent for meta in (directory / "saliency").rglob("saliency_meta.json"))
-        sections += saliency_report_sections(flow, SaliencyResult.load(runs[0]) if runs else None)
+        per_seed = [SaliencyResult.load(run, maps=index == 0) for index, run in enumerate(runs)]
+        sections += saliency_report_sections(flow, per_seed)
         _merge(settings, "saliency ", flow.settings, record)
     if has["isolation"]:
         isolation_result = IsolationResult.load(isolation.parent)

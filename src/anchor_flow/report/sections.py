@@ -9,6 +9,7 @@ the paper found, so a report can be read without the paper at hand. Runs no mode
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -29,6 +30,7 @@ __all__ = [
     "interval_table",
     "isolation_report_sections",
     "saliency_report_sections",
+    "speedup_report_section",
 ]
 
 
@@ -77,11 +79,12 @@ _GROUP_MATRIX = (
     "'same demo' means the source lies in the reader's own "
     "demonstration, 'earlier' in an earlier one. Blank cells are groups that never occur (for "
     "example 'label rest' when every label word is a single token). Hover for the paper flow "
-    "each group belongs to."
+    "each group belongs to. The means run over the prompts of every seed: the same prompts as "
+    "the flows above."
 )
 _HEATMAP = (
-    "The saliency map I_l(i, j) of prompt 0 in layer {layer}: row i is the position that reads, "
-    "column j the position read, so row i shows where token i takes information from. Cells "
+    "The saliency map I_l(i, j) of prompt 0{run} in layer {layer}: row i is the position that "
+    "reads, column j the position read, so row i shows where token i takes information from. Cells "
     "above the diagonal are blank because attention is causal. The coloured squares above the "
     "columns and left of the rows mark each token's role (label words, target, text, "
     "formatting, BOS); a saliency concentrated in the label-word rows suggests aggregation "
@@ -104,7 +107,7 @@ def seed_aggregation_note(flow: InformationFlow) -> str:
 
 
 def saliency_report_sections(
-    flow: InformationFlow, result: SaliencyResult | None = None
+    flow: InformationFlow, result: SaliencyResult | Sequence[SaliencyResult] | None = None
 ) -> list[ReportSection]:
     """The standard sections of a saliency report.
 
@@ -114,18 +117,21 @@ def saliency_report_sections(
 
     Args:
         flow: the per-prompt flows (``result.flows()``, or loaded from ``saliency.json``).
-        result: the saliency result, for the role-to-role matrix and, when it kept maps, the
-            heatmaps of prompt 0 in the first and last layer.
+        result: the saliency result, or one per run (seed) of the flows: the role-to-role
+            matrix pools them as the flows do; when the first kept maps, the heatmaps of its
+            prompt 0 in the first and last layer.
 
     Returns:
         Normalised flows with intervals, raw flows, then (with ``result``) the role-to-role
         matrix and the heatmaps.
     """
-    if result is not None and result.n_layers != flow.n_layers:
-        raise AnchorFlowError(
-            f"flow has {flow.n_layers} layers but result has {result.n_layers}; expected the "
-            "flows and the saliency result of the same run"
-        )
+    results = [result] if isinstance(result, SaliencyResult) else list(result or ())
+    for one in results:
+        if one.n_layers != flow.n_layers:
+            raise AnchorFlowError(
+                f"flow has {flow.n_layers} layers but result has {one.n_layers}; expected the "
+                "flows and the saliency result of the same run"
+            )
     level = "95%"
     sections = [
         ReportSection(
@@ -139,18 +145,20 @@ def saliency_report_sections(
             _FLOWS_RAW.format(level=level),
         ),
     ]
-    if result is None:
+    if not results:
         return sections
     sections.append(
-        ReportSection("Role-to-role flow", plot_group_matrix(result, layer=None), _GROUP_MATRIX)
+        ReportSection("Role-to-role flow", plot_group_matrix(results, layer=None), _GROUP_MATRIX)
     )
-    if result.maps is not None:
-        for layer in dict.fromkeys((0, result.n_layers - 1)):
+    first = results[0]
+    if first.maps is not None:
+        run = f" of the first of {len(results)} runs" if len(results) > 1 else ""
+        for layer in dict.fromkeys((0, first.n_layers - 1)):
             sections.append(
                 ReportSection(
                     f"Saliency map, prompt 0, layer {layer}",
-                    plot_saliency_heatmap(result, prompt=0, layer=layer),
-                    _HEATMAP.format(layer=layer),
+                    plot_saliency_heatmap(first, prompt=0, layer=layer),
+                    _HEATMAP.format(layer=layer, run=run),
                 )
             )
     return sections
@@ -321,14 +329,31 @@ _SPEED = (
     "query tokens alone with no context, the best any cache could do on this hardware. On "
     "small models and at batch 1 the per-layer overhead, not FLOPs, dominates, so the measured "
     "speed-up sits near the floor, far below the FLOP-ideal; the paper reports 1.1-2.5x for "
-    "GPT2-XL on a GPU. Timings are medians on the machine that ran this report."
+    "GPT2-XL on a GPU. Timings are medians on the machine that ran this report; "
+    "compression_speed.csv also holds the prompt counts and the ratios to the ideal and floor."
 )
+
+
+# The report's speed table: what a reader compares, headers that wrap (the full frame,
+# 18 columns, would overflow the page sideways; it is in compression_speed.csv).
+_SPEED_COLUMNS = {
+    "group": "group", "demo_length": "tokens before query", "kept_length": "tokens kept",
+    "query_length": "query tokens", "full_ms": "full prompt (ms)",
+    "compressed_ms": "from cache (ms)", "build_ms": "cache build (ms)", "speedup": "speed-up",
+    "amortised_speedup": "amortised speed-up", "floor_ratio": "floor", "flop_ideal": "FLOP-ideal",
+}  # fmt: skip
+
+
+def speedup_report_section(result: Any) -> ReportSection:
+    """The Table 3 section of a ``SpeedupResult``: the curve and a table that fits the page."""
+    from anchor_flow.report.figures.compression import plot_speedup
+
+    table = result.to_frame()[list(_SPEED_COLUMNS)].rename(columns=_SPEED_COLUMNS)
+    return ReportSection("Compression speed-up vs demonstration length", plot_speedup(result),
+                         _SPEED, table=table)  # fmt: skip
 
 
 def _speed_section(folder: str) -> ReportSection:
     from anchor_flow.applications.compression.speedup_result import SpeedupResult
-    from anchor_flow.report.figures.compression import plot_speedup
 
-    result = SpeedupResult.load(folder)
-    return ReportSection("Compression speed-up vs demonstration length", plot_speedup(result),
-                         _SPEED, table=result.to_frame())  # fmt: skip
+    return speedup_report_section(SpeedupResult.load(folder))

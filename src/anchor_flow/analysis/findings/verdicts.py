@@ -2,11 +2,13 @@
 
 Verdicts use a 95% percentile-bootstrap interval over prompts and a margin of practical
 relevance (:data:`MARGINS`: a ratio of 1.25, a loyalty difference of 0.05, an AUC 0.05 from
-chance, for C4 attention whose split between the classes varies by 0.01): ``"holds"`` when the interval excludes no effect on the paper's side and the estimate
-clears the margin; ``"inverted"`` the same on the opposite side; ``"does not hold"`` when the
+chance; for C4 also deep attention whose split between the classes varies by 0.01):
+``"holds"`` when the interval excludes no effect on the paper's side and the estimate clears
+the margin; ``"inverted"`` the same on the opposite side; ``"does not hold"`` when the
 interval rules out an effect as large as the margin on either side (also when it is
-significant but smaller than the margin); otherwise ``"inconclusive"`` (a wide interval, too
-few prompts, or an undefined statistic). Shallow and deep layers follow :func:`claim_layers`
+significant but smaller than the margin, and for C4 when no deep layer's attention varies
+enough); otherwise ``"inconclusive"`` (a wide interval, too few prompts, or an undefined
+statistic). Shallow and deep layers follow :func:`claim_layers`
 (first and last third by default). Pure; the statistics themselves are in
 :mod:`anchor_flow.analysis.findings.claims`.
 """

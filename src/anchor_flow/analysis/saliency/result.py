@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,26 @@ class SaliencyResult:
         Per prompt the group's sum is divided by its edge count, then averaged over the
         prompts in which the group has edges (NaN where it never has).
         """
-        per_prompt = self.group_sums / self.group_counts[:, None, :]
+        return SaliencyResult.pooled_group_means([self])
+
+    @staticmethod
+    def pooled_group_means(results: Sequence[SaliencyResult]) -> Float[Tensor, "layer group"]:
+        """:meth:`group_means` over the prompts of several results (e.g. one per seed).
+
+        Example:
+            >>> SaliencyResult.pooled_group_means(per_seed).shape  # doctest: +SKIP
+            torch.Size([48, 9])
+
+        Raises:
+            AnchorFlowError: no result, or results with different numbers of layers.
+        """
+        layers = sorted({r.n_layers for r in results})
+        if len(layers) != 1:
+            raise AnchorFlowError(
+                f"pooled_group_means got results with {layers or 'no'} layers; expected at "
+                "least one result, all with the same number of layers"
+            )
+        per_prompt = torch.cat([r.group_sums / r.group_counts[:, None, :] for r in results])
         return per_prompt.nanmean(0)
 
     def to_frame(self) -> pd.DataFrame:
@@ -161,12 +181,14 @@ class SaliencyResult:
         os.replace(tmp_meta, directory / "saliency_meta.json")
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> SaliencyResult:
-        """Read a result written by :meth:`save`."""
+    def load(cls, directory: str | os.PathLike[str], *, maps: bool = True) -> SaliencyResult:
+        """Read a result written by :meth:`save`; ``maps=False`` skips the (large) maps."""
         directory = Path(directory)
+        skipped = () if maps else ("maps", "head_maps")
         try:
             meta = json.loads((directory / "saliency_meta.json").read_text())
-            arrays = dict(np.load(directory / "saliency.npz"))
+            with np.load(directory / "saliency.npz") as stored:
+                arrays = {k: stored[k] for k in stored.files if k not in skipped}
         except (OSError, json.JSONDecodeError, ValueError) as error:
             raise ResultsError(
                 f"cannot read a saliency result from {str(directory)!r}: {error}"

@@ -29,6 +29,7 @@ __all__ = [
     "plot_confusion",
     "plot_confusion_correlation",
     "plot_reweighting_accuracy",
+    "tick_label",
 ]
 
 CONDITION_COLOURS = ("#7f7f7f", "#1f77b4", "#d62728")
@@ -115,6 +116,17 @@ def plot_reweighting_accuracy(result: ReweightingResult, *, level: float = 0.95)
     return figure
 
 
+def tick_label(name: str, limit: int = 14) -> str:
+    """A class name short enough for an axis: at most ``limit`` characters, "…" if cut.
+
+    Example:
+        >>> tick_label("Entity"), tick_label("Description and abstract concept")
+        ('Entity', 'Description a…')
+    """
+    name = name.strip()
+    return name if len(name) <= limit else name[: limit - 1].rstrip() + "…"
+
+
 def plot_confusion(
     result: DiagnosisResult,
     *,
@@ -131,6 +143,10 @@ def plot_confusion(
     predicted = result.predicted_confusion(layer, n_components, run)
     real = result.real_confusion(run)
     names = list(result.class_names)
+    # Classes sit at 0..C-1 with shortened tick labels (full names on hover): long names
+    # would squash the plot area, and two names shortened alike must stay two classes.
+    ticks = {"tickmode": "array", "tickvals": list(range(len(names))),
+             "ticktext": [tick_label(n) for n in names], "automargin": True}  # fmt: skip
     rho = result.correlation(layer, n_components, run)
     layer = int(result.settings.get("layer", 0)) if layer is None else layer
     figure = make_subplots(
@@ -142,21 +158,22 @@ def plot_confusion(
         figure.add_trace(
             go.Heatmap(
                 z=[_cells(row) for row in matrix],
-                x=names,
-                y=names,
+                x=list(range(len(names))),
+                y=list(range(len(names))),
                 zmin=0,
                 zmax=1,
                 colorscale="Viridis",
                 showscale=col == 2,
-                text=[[f"{v:.2f}" for v in row] for row in matrix.tolist()],
-                texttemplate="%{text}",
+                text=[[f"{label}: {a} vs {b}" for b in names] for a in names],
+                texttemplate="%{z:.2f}",
                 name=label,
-                hovertemplate=f"{label}: %{{y}} vs %{{x}} = %{{z:.3f}}<extra></extra>",
+                hovertemplate="%{text} = %{z:.3f}<extra></extra>",
             ),
             row=1,
             col=col,
         )
-    figure.update_yaxes(autorange="reversed")
+    figure.update_xaxes(tickangle=-30, **ticks)
+    figure.update_yaxes(autorange="reversed", **ticks)
     figure.update_layout(
         title=f"Anchor distances vs real confusion ({result.run_names[run]}; Spearman "
         f"rho = {rho:.2f}; lower = more confused)"

@@ -16,6 +16,7 @@ authors with bertviz and hand-made highlights).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import plotly.graph_objects as go
 import torch
@@ -296,21 +297,28 @@ def _split_group(group: str) -> tuple[str, str]:
     return row, column
 
 
-def plot_group_matrix(result: SaliencyResult, *, layer: int | None = None) -> go.Figure:
+def plot_group_matrix(
+    result: SaliencyResult | Sequence[SaliencyResult], *, layer: int | None = None
+) -> go.Figure:
     """The finer role-to-role flow: mean saliency per edge of every fine edge group.
 
     With ``layer`` given, a reader x source matrix for that layer: rows are the reading
     position (label word, target, other token), columns what is read (names of
     :data:`anchor_flow.analysis.edges.FINE_GROUPS`). With ``layer=None``, a layers x groups matrix.
-    Groups that have no edge in any prompt are blank.
+    Groups that have no edge in any prompt are blank. Several results (e.g. one per seed)
+    are pooled over their prompts, as the flows are.
 
     Example:
         >>> fig = plot_group_matrix(result, layer=0)  # doctest: +SKIP
+        >>> fig = plot_group_matrix([seed_42, seed_43])  # doctest: +SKIP
     """
-    means = result.group_means()
+    results = [result] if isinstance(result, SaliencyResult) else list(result)
+    means = SaliencyResult.pooled_group_means(results)
+    n_layers, n_prompts = results[0].n_layers, sum(r.n_prompts for r in results)
+    pooled = f", {len(results)} runs pooled" if len(results) > 1 else ""
     flow_of = dict(zip(FINE_GROUPS, fine_group_flow(), strict=True))
     if layer is not None:
-        _check_index("layer", layer, result.n_layers, "layers")
+        _check_index("layer", layer, n_layers, "layers")
         rows = list(dict.fromkeys(_split_group(g)[0] for g in FINE_GROUPS))
         columns = list(dict.fromkeys(_split_group(g)[1] for g in FINE_GROUPS))
         index = {group: g for g, group in enumerate(FINE_GROUPS)}
@@ -326,7 +334,7 @@ def plot_group_matrix(result: SaliencyResult, *, layer: int | None = None) -> go
         axes = ("Source (read)", -35, "Reader")
         hover = "%{text}<br>mean %{z:.3g}<extra></extra>"
     else:
-        x, y = list(FINE_GROUPS), list(range(result.n_layers))
+        x, y = list(FINE_GROUPS), list(range(n_layers))
         z = [_cells(row) for row in means]
         text = [[f"{g} ({flow_of[g]})" for g in x] for _ in y]
         title = "Role-to-role flow per layer"
@@ -347,7 +355,7 @@ def plot_group_matrix(result: SaliencyResult, *, layer: int | None = None) -> go
         )
     )
     figure.update_layout(
-        title={"text": f"{title}<br><sup>n_prompts={result.n_prompts}</sup>"},
+        title={"text": f"{title}<br><sup>n_prompts={n_prompts}{pooled}</sup>"},
         xaxis={"title": {"text": axes[0]}, "tickangle": axes[1]},
         yaxis={"title": {"text": axes[2]}},
     )
