@@ -296,12 +296,6 @@ def _run_steps(
         record.update(findings)
         _write_json(directory / "results.json", {**record, "updated": _now()})
         render_results_folder(directory)
-    with _bar("findings", progress):
-        findings = update_findings(context, record)  # the claims' verdicts (issue 16)
-    if any(record.get(k) != v for k, v in findings.items()):
-        record.update(findings)
-        _write_json(directory / "results.json", {**record, "updated": _now()})
-        render_results_folder(directory)
     if not (directory / "report.html").exists():
         render_results_folder(directory)
     return record
