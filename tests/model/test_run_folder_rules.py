@@ -156,6 +156,43 @@ def test_a_run_in_which_nothing_completed_does_not_block_other_settings(
     assert record["experiments"]["deep"]["status"] == "complete"
 
 
+def test_resuming_a_failed_or_killed_step_keeps_the_users_files_in_its_folder(
+    inputs, model, tmp_path, monkeypatch
+) -> None:
+    import anchor_flow.run.steps as steps
+
+    def broken(run):
+        raise RuntimeError("disk full")
+
+    out, config = tmp_path / "run", _config(*inputs)
+    run_experiments(model, out, _config(*inputs, experiments=("isolation",)), progress=False)
+    monkeypatch.setitem(steps.STEPS, "deep", broken)
+    with pytest.raises(RuntimeError):
+        run_experiments(model, out, _config(*inputs, experiments=("isolation", "deep")),
+                        progress=False)  # fmt: skip
+    monkeypatch.undo()
+    (out / "deep").mkdir()
+    (out / "deep" / "notes.txt").write_text("mine, written after the failure")
+    config = _config(*inputs, experiments=("isolation", "deep"))
+    record = run_experiments(model, out, config, progress=False)
+    assert (out / "deep" / "notes.txt").read_text() == "mine, written after the failure"
+    assert "deep/notes.txt" not in record["experiments"]["deep"]["contents"]  # not the run's
+    # A killed step ("running"): what it wrote goes, what was there before it started stays.
+    record["experiments"]["deep"] = {"status": "running", "started": "x",
+                                     "kept": ["deep/notes.txt"]}  # fmt: skip
+    (out / "results.json").write_text(json.dumps(record))
+    (out / "deep" / "deep_meta.json").write_text("half-written by the killed step")
+    seen, real = [], steps.STEPS["deep"]
+
+    def watching(run):
+        seen.append(sorted(path.name for path in (run.out / "deep").iterdir()))
+        return real(run)
+
+    monkeypatch.setitem(steps.STEPS, "deep", watching)
+    run_experiments(model, out, config, progress=False)
+    assert seen == [["notes.txt"]]
+
+
 _HOLD = """
 import sys, time
 from pathlib import Path

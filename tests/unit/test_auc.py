@@ -129,3 +129,28 @@ def test_deep_result_scores_against_the_prediction_not_the_gold_label():
     result = DeepResult(scores, probs, 1 - predicted, torch.zeros(6).long(), ("seed-0",))
     assert result.predictions.tolist() == predicted.tolist()
     assert float(result.auc()[0]) == 1.0
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_per_layer_auc_curve_equals_classifier_auc_layer_by_layer(seed):
+    from anchor_flow.analysis.deep import _auc_curve
+
+    generator = torch.Generator().manual_seed(seed)
+    n, layers, classes = 5 + seed, 1 + seed % 4, 2 + seed % 3
+    scores = torch.randint(0, 4, (n, layers, classes), generator=generator).float() / 3  # ties
+    if seed % 2:
+        scores = torch.rand(n, layers, classes, generator=generator)
+    if seed % 5 == 0:
+        scores[:, :, 0] = 0.0  # a column of one value; rows summing to 0 in the 3-class case
+    predictions = torch.randint(0, classes - seed % 2, (n,), generator=generator)
+    expected = [classifier_auc(scores[:, layer], predictions) for layer in range(layers)]
+    assert _auc_curve(scores, predictions).tolist() == pytest.approx(expected, abs=0, nan_ok=True)
+
+
+def test_column_auc_refuses_what_roc_auc_refuses():
+    from anchor_flow.results.stats import roc_auc_columns
+
+    with pytest.raises(AnchorFlowError, match="both classes"):
+        roc_auc_columns(torch.rand(3, 2), torch.tensor([True, True, True]))
+    with pytest.raises(AnchorFlowError, match="NaN or infinite"):
+        roc_auc_columns(torch.tensor([[float("nan")], [0.0]]), torch.tensor([True, False]))

@@ -173,3 +173,24 @@ def test_saliency_sections_one_layer_and_no_maps() -> None:
 def test_saliency_sections_layer_mismatch() -> None:
     with pytest.raises(AnchorFlowError, match="flow has 4 layers but result has 3"):
         saliency_report_sections(make_flow(4), make_result(maps=False))
+
+
+def test_a_run_builds_each_report_part_once_per_content(tmp_path: Path) -> None:
+    from anchor_flow.report import folder
+
+    calls: list[int] = []
+
+    def build() -> tuple[list, list]:
+        calls.append(1)
+        return [], [("deep ", {"n": len(calls)})]
+
+    record = {"experiments": {"deep": {"contents": {"deep.csv": "a"}}}}
+    first = folder._memo(tmp_path, record, ("deep",), build)
+    assert folder._memo(tmp_path, record, ("deep",), build) == first
+    assert len(calls) == 1
+    changed = {"experiments": {"deep": {"contents": {"deep.csv": "b"}}}}
+    assert folder._memo(tmp_path, changed, ("deep",), build)[1] == [("deep ", {"n": 2})]
+    folder._memo(tmp_path / "other", record, ("deep",), build)  # another folder
+    folder._memo(tmp_path, None, ("deep",), build)  # no run record: never remembered
+    folder._memo(tmp_path, None, ("deep",), build)
+    assert len(calls) == 5

@@ -39,7 +39,7 @@ from anchor_flow.icl.prompts import ICLPrompt
 from anchor_flow.icl.roles import PromptBatch, Role
 from anchor_flow.models.tl_adapter import adapt
 from anchor_flow.results.runs import PooledResult
-from anchor_flow.results.stats import bootstrap_interval, roc_auc, roc_auc_ovo
+from anchor_flow.results.stats import bootstrap_interval, roc_auc, roc_auc_columns, roc_auc_ovo
 
 __all__ = ["DeepResult", "classifier_auc", "cumulative_auc_ratio", "run_deep"]
 
@@ -84,8 +84,26 @@ def cumulative_auc_ratio(auc: Float[Tensor, " layer"]) -> Float[Tensor, " layer"
 
 
 def _auc_curve(scores: Tensor, predictions: Tensor) -> Tensor:
-    return torch.tensor([classifier_auc(scores[:, layer], predictions)
-                         for layer in range(scores.shape[1])], dtype=torch.float64)  # fmt: skip
+    """:func:`classifier_auc` of every layer of ``scores`` ``[prompt, layer, class]`` at once
+    (the same numbers: each pair's AUCs are added in the same order)."""
+    kept = sorted(int(c) for c in torch.unique(predictions))
+    if len(kept) < 2:
+        return torch.full((scores.shape[1],), math.nan, dtype=torch.float64)
+    if len(kept) == 2:
+        return roc_auc_columns(scores[:, :, kept[1]].double(), predictions == kept[1])
+    sub = scores[:, :, kept].double()
+    total = sub.sum(-1, keepdim=True)
+    sub = torch.where(total > 0, sub / total, 1.0 / len(kept))
+    labels = torch.tensor([kept.index(int(p)) for p in predictions])
+    curve, pairs = torch.zeros(scores.shape[1], dtype=torch.float64), 0
+    for a in range(len(kept)):  # roc_auc_ovo's pairs, in its order
+        for b in range(a + 1, len(kept)):
+            keep = (labels == a) | (labels == b)
+            is_a = labels[keep] == a
+            a_vs_b = roc_auc_columns(sub[keep][:, :, a], is_a)
+            b_vs_a = roc_auc_columns(sub[keep][:, :, b], ~is_a)
+            curve, pairs = curve + (a_vs_b + b_vs_a) / 2.0, pairs + 1
+    return curve / pairs
 
 
 @dataclass(frozen=True)

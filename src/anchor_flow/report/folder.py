@@ -9,6 +9,7 @@ experiments it marks complete are shown). Runs no model.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -121,41 +122,88 @@ def render_results_folder(directory: str | os.PathLike[str]) -> Path:
     sections: list[ReportSection] = [] if record is None else [_run_section(record)]
     sections = [*findings_sections(directory, record or {}), *sections]  # issue 16: first
     settings: dict[str, Any] = {} if record is None else _run_settings(record)
-    if flow is not None:
-        # Raw results: saliency/ or saliency/<run>/ (one per seed). The role-to-role matrix
-        # pools them all, as the flows do; the heatmaps use the first (its maps only).
-        runs = sorted(meta.parent for meta in (directory / "saliency").rglob("saliency_meta.json"))
-        per_seed = [SaliencyResult.load(run, maps=index == 0) for index, run in enumerate(runs)]
-        sections += saliency_report_sections(flow, per_seed)
-        _merge(settings, "saliency ", flow.settings, record)
-    if has["isolation"]:
-        isolation_result = IsolationResult.load(isolation.parent)
-        sections += isolation_report_sections(isolation_result)
-        _merge(settings, "isolation ", isolation_result.settings, record)
-    if has["deep"]:
-        deep_result = DeepResult.load(deep.parent)
-        sections += deep_report_sections(deep_result, flow)
-        _merge(settings, "deep ", deep_result.settings, record)
-    if has["reweighting"] or has["diagnosis"]:
-        from anchor_flow.applications.diagnosis.distances import DiagnosisResult
-        from anchor_flow.applications.reweighting.protocol import ReweightingResult
 
-        loaded = [
-            ReweightingResult.load(reweighting.parent) if has["reweighting"] else None,
-            DiagnosisResult.load(diagnosis.parent) if has["diagnosis"] else None,
-        ]
-        sections += applications_report_sections(*loaded)
-        for prefix, result in zip(("reweighting ", "diagnosis "), loaded, strict=True):
-            _merge(settings, prefix, getattr(result, "settings", {}), record)
+    def add(names: tuple[str, ...], build: Any) -> None:
+        built, parts = _memo(directory, record, names, build)
+        sections.extend(built)
+        for prefix, extra in parts:
+            _merge(settings, prefix, extra, record)
+
+    if flow is not None:
+        add(("saliency",), lambda: _saliency_part(directory, flow))
+    if has["isolation"]:
+        add(("isolation",), lambda: _isolation_part(isolation.parent))
+    if has["deep"]:
+        add(("deep", "saliency"), lambda: _deep_part(deep.parent, flow))
+    if has["reweighting"] or has["diagnosis"]:
+        add(("reweighting", "diagnosis"), lambda: _applications_part(
+            reweighting.parent if has["reweighting"] else None,
+            diagnosis.parent if has["diagnosis"] else None))  # fmt: skip
     if has["compression"]:
-        compression_sections, compression_settings = compression_report_sections(compression.parent)
-        sections += compression_sections
-        _merge(settings, "compression ", compression_settings, record)
+        add(("compression",), lambda: _compression_part(compression.parent))
     model = (record or {}).get("model", {}).get("name") or next(
         (v for k, v in settings.items() if k.endswith("model") and isinstance(v, str)), None
     )
     title = f"Information flow: {model or 'model'}"
     return write_report(directory / "report.html", sections, title=title, settings=settings)
+
+
+Part = tuple[list[ReportSection], list[tuple[str, dict[str, Any]]]]
+_MEMO: dict[str, Part] = {}  # a run renders after every experiment: build each part once
+
+
+def _memo(
+    directory: Path, record: dict[str, Any] | None, names: tuple[str, ...], build: Any
+) -> Part:
+    """``build()``, or what it returned for the same files of the same run in this process.
+
+    In a run's folder the key is the experiments' file hashes (``contents`` in results.json);
+    a folder without a run record is always read afresh.
+    """
+    entries = (record or {}).get("experiments", {})
+    contents = [entries.get(name, {}).get("contents") for name in names]
+    if record is None or contents[0] is None:
+        return build()  # type: ignore[no-any-return]
+    key = json.dumps([str(directory.resolve()), names, contents], sort_keys=True, default=str)
+    if key not in _MEMO:
+        if len(_MEMO) >= 32:
+            _MEMO.clear()
+        _MEMO[key] = build()
+    return _MEMO[key]
+
+
+def _saliency_part(directory: Path, flow: InformationFlow) -> Part:
+    # Raw results: saliency/ or saliency/<run>/ (one per seed). The role-to-role matrix
+    # pools them all, as the flows do; the heatmaps use the first (its maps only).
+    runs = sorted(meta.parent for meta in (directory / "saliency").rglob("saliency_meta.json"))
+    per_seed = [SaliencyResult.load(run, maps=index == 0) for index, run in enumerate(runs)]
+    return saliency_report_sections(flow, per_seed), [("saliency ", flow.settings)]
+
+
+def _isolation_part(folder: Path) -> Part:
+    result = IsolationResult.load(folder)
+    return isolation_report_sections(result), [("isolation ", result.settings)]
+
+
+def _deep_part(folder: Path, flow: InformationFlow | None) -> Part:
+    result = DeepResult.load(folder)
+    return deep_report_sections(result, flow), [("deep ", result.settings)]
+
+
+def _applications_part(reweighting: Path | None, diagnosis: Path | None) -> Part:
+    from anchor_flow.applications.diagnosis.distances import DiagnosisResult
+    from anchor_flow.applications.reweighting.protocol import ReweightingResult
+
+    loaded = [ReweightingResult.load(reweighting) if reweighting else None,
+              DiagnosisResult.load(diagnosis) if diagnosis else None]  # fmt: skip
+    prefixes = ("reweighting ", "diagnosis ")
+    settings = [(p, getattr(r, "settings", {})) for p, r in zip(prefixes, loaded, strict=True)]
+    return applications_report_sections(*loaded), settings
+
+
+def _compression_part(folder: Path) -> Part:
+    built, settings = compression_report_sections(folder)
+    return built, [("compression ", settings)]
 
 
 def _run_record(directory: Path) -> dict[str, Any] | None:

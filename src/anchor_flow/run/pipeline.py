@@ -24,9 +24,8 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
-import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -87,13 +86,13 @@ def _complete(record: Mapping[str, Any], directory: Path) -> bool:
     )
 
 
-def _remove(directory: Path, names: Sequence[str]) -> None:
-    for name in names:
-        path = directory / name.rstrip("/")
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
+def _partial(directory: Path, name: str, entry: Mapping[str, Any]) -> list[str]:
+    """What an unfinished step may have left: a killed ("running") step's files in its places
+    that were not there when it started; a failed step removed its own when it failed."""
+    if entry.get("status") != "running":
+        return []
+    kept = set(entry.get("kept", ()))
+    return [f for f in contents(directory, STEP_FILES.get(name, ())) if f not in kept]
 
 
 def _start(
@@ -114,8 +113,8 @@ def _start(
     previous = load_run(directory)
     done = [e for e in previous.get("experiments", {}).values() if e.get("status") == "complete"]
     if restart or not done:  # nothing complete: nothing to keep, any settings may follow
-        unfinished = [n for n, e in previous.get("experiments", {}).items() if e not in done]
-        _remove(directory, [f for name in unfinished for f in STEP_FILES.get(name, ())])
+        unfinished = [(n, e) for n, e in previous.get("experiments", {}).items() if e not in done]
+        remove_listed(directory, [f for n, e in unfinished for f in _partial(directory, n, e)])
         remove_listed(directory, [*listed_files(previous), "results.json", "report.html"])
         return fresh
     same = {"settings": config.settings(), "model": model_info}
@@ -254,12 +253,13 @@ def _run_steps(
             continue
         if previous.get("status") == "complete":  # its files are missing: rerun it
             remove_listed(directory, listed_files({"experiments": {name: previous}}))
-        elif previous:  # running or failed: this run's partial files
-            _remove(directory, STEP_FILES[name])
+        elif previous:  # running (killed) or failed: what it may have left
+            remove_listed(directory, _partial(directory, name, previous))
         before = set(contents(directory, STEP_FILES[name]))
         say(f"{name}: running")
         started, clock = _now(), time.perf_counter()
-        record["experiments"][name] = {"status": "running", "started": started}
+        record["experiments"][name] = {"status": "running", "started": started,
+                                       "kept": sorted(before)}  # fmt: skip
         _write_json(directory / "results.json", {**record, "updated": _now()})
         try:
             with _bar(name, progress):
@@ -280,7 +280,7 @@ def _run_steps(
         record["experiments"][name] = {
             "status": "complete", "started": started, "finished": _now(),
             "seconds": round(seconds, 3), "files": list(STEP_FILES[name]), "summary": summary,
-            "contents": contents(directory, STEP_FILES[name]),
+            "contents": [f for f in contents(directory, STEP_FILES[name]) if f not in before],
             "skipped": sum(sum(context.resolved.get(f"skipped_too_long_{key}", {}).values())
                            for key in _SKIPPED_IN[name]),
         }  # fmt: skip
@@ -290,12 +290,6 @@ def _run_steps(
         _write_json(directory / "results.json", {**record, "updated": _now()})
         render_results_folder(directory)
         say(f"{name}: done in {seconds:.1f} s")
-    with _bar("findings", progress):
-        findings = update_findings(context, record)  # the claims' verdicts (issue 16)
-    if any(record.get(k) != v for k, v in findings.items()):
-        record.update(findings)
-        _write_json(directory / "results.json", {**record, "updated": _now()})
-        render_results_folder(directory)
     with _bar("findings", progress):
         findings = update_findings(context, record)  # the claims' verdicts (issue 16)
     if any(record.get(k) != v for k, v in findings.items()):
