@@ -139,3 +139,17 @@ def test_loyalty_result_metrics_and_shape_errors():
     with pytest.raises(AnchorFlowError, match=r"Loyal with 1 outcomes and 3 prompts got shapes "):
         Loyal(torch.tensor([0, 1, 1]), torch.tensor([[0, 0]]), torch.ones(1, 3),
               torch.zeros(3).long(), torch.zeros(3).long(), ("a",))  # fmt: skip
+
+
+def test_a_corrupt_archive_is_a_results_error_not_a_traceback(tmp_path) -> None:
+    from anchor_flow.analysis.deep import DeepResult
+    from anchor_flow.analysis.saliency.result import SaliencyResult
+    from anchor_flow.errors import ResultsError
+
+    for stem, cls in (("deep", DeepResult), ("saliency", SaliencyResult)):
+        folder = tmp_path / stem
+        folder.mkdir()
+        (folder / f"{stem}_meta.json").write_text("{}")
+        (folder / f"{stem}.npz").write_bytes(b"PK\x03\x04 truncated by a full disk")
+        with pytest.raises(ResultsError, match="cannot read"):
+            cls.load(folder)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -89,7 +90,14 @@ def load_arrays(
         meta = json.loads((directory / f"{stem}_meta.json").read_text())
         with np.load(directory / f"{stem}.npz") as data:
             arrays = {name: torch.from_numpy(data[name]) for name in names}
-    except (OSError, json.JSONDecodeError, ValueError, KeyError) as error:
+    except (
+        OSError,
+        json.JSONDecodeError,
+        ValueError,
+        KeyError,
+        EOFError,
+        zipfile.BadZipFile,
+    ) as error:
         raise ResultsError(
             f"cannot read {what} from {str(directory)!r}: {error}; expected {stem}.npz and "
             f"{stem}_meta.json written by its save()"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,7 +190,7 @@ class SaliencyResult:
             meta = json.loads((directory / "saliency_meta.json").read_text())
             with np.load(directory / "saliency.npz") as stored:
                 arrays = {k: stored[k] for k in stored.files if k not in skipped}
-        except (OSError, json.JSONDecodeError, ValueError) as error:
+        except (OSError, json.JSONDecodeError, ValueError, EOFError, zipfile.BadZipFile) as error:
             raise ResultsError(
                 f"cannot read a saliency result from {str(directory)!r}: {error}"
             ) from error
