@@ -32,7 +32,7 @@ from anchor_flow.errors import AnchorFlowError
 __all__ = ["join_diagnosis", "join_saliency"]
 
 
-def _pad(values: Tensor, width: int, fill: float) -> Tensor:
+def _pad(values: Tensor, width: int, fill: int | float) -> Tensor:
     return F.pad(values, (0, width - values.shape[-1]), value=fill)
 
 
