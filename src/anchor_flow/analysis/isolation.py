@@ -186,6 +186,7 @@ def run_isolation(
     prepend_bos: bool | None = None,
     extra_hooks: Sequence[tuple[Any, Callable[..., Any]]] = (),
     batch_hooks: BatchHooks | None = None,
+    first_prompt_id: int = 0,
     progress: bool = True,
 ) -> IsolationResult:
     """Label loyalty, word loyalty and accuracy under label-word (or random) isolation.
@@ -212,6 +213,9 @@ def run_isolation(
         extra_hooks: your own forward hooks, active in the baseline and every condition.
         batch_hooks: your own per-batch hooks (``run_icl``'s ``f(rows, batch) -> hooks``),
             active in the baseline and every condition, before the blocking hooks.
+        first_prompt_id: the random control's id of the first prompt (prompt ``i`` draws as
+            ``first_prompt_id + i``): a part of a longer list passes its offset, so that its
+            draws equal the whole list's.
         progress: show a progress bar over conditions.
 
     Raises:
@@ -248,7 +252,7 @@ def run_isolation(
         def hooks(rows: Tensor, part: PromptBatch, layers: Any = layers, cond: Any = cond) -> Any:
             return [*mine(rows, part),
                     *isolation_hooks(model, part, layers, control=cond.control, mode=mode,
-                                     seed=seed, prompt_ids=rows)]  # fmt: skip
+                                     seed=seed, prompt_ids=rows + first_prompt_id)]  # fmt: skip
 
         blocked = run_icl(model, batch, batch_size=batch_size, top_k=top_k, batch_hooks=hooks,
                           extra_hooks=extra_hooks, progress=False)  # fmt: skip

@@ -23,7 +23,9 @@ protocol (``--task``, ``--data-dir``, ``--seeds``, ``--n-examples``, ``--shots-p
 * ``anchor-flow prompts`` — writes a task's prompts as JSONL (what ``--prompts`` reads);
 * ``anchor-flow data`` — saves a task's hub data as a local folder for offline use.
 
-Bad input ends with a one-line error and exit code 2, never a traceback.
+Bad input ends with a one-line error and exit code 2, never a traceback. ``anchor-flow run``
+also runs data-parallel under ``torchrun``/``accelerate launch`` (``python -m anchor_flow.cli``);
+a bad input on any rank ends every rank that way.
 
 May import: analysis, applications, icl, models, report, results, run, testbeds.
 Never imported by: analysis, applications, icl, models, report, results, run, testbeds.
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -143,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from anchor_flow.errors import AnchorFlowError
+    from anchor_flow.run.distributed import DistributedRunError
 
     try:
         if getattr(args, "quiet", False):  # (inside: Ctrl-C during start-up is one line too)
@@ -156,6 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(error).split())  # one line, whatever the message holds
         sys.stderr.write(f"anchor-flow: error: {message}\n")
         return 2
+    except DistributedRunError as error:  # another rank failed; rank 0 shows its traceback
+        sys.stderr.write(f"anchor-flow: error: {error}\n")
+        if error.trace and os.environ.get("RANK", "0") == "0":
+            sys.stderr.write(error.trace)
+        return 1
     except KeyboardInterrupt:
         sys.stderr.write("anchor-flow: interrupted\n")
         return 130

@@ -3,6 +3,8 @@
 A thin layer over :func:`anchor_flow.run.pipeline.run_experiments`: parse the options into a
 :class:`~anchor_flow.run.pipeline.RunConfig`, load the model, run, say where the results are.
 With no arguments it runs every experiment on the embedded demo model and its task, offline.
+Under ``torchrun``/``accelerate launch`` each process is one rank of a data-parallel run
+(:mod:`anchor_flow.run.distributed`): rank 0 prints and writes, the others only compute.
 """
 
 from __future__ import annotations
@@ -74,8 +76,7 @@ def run_run_command(args: argparse.Namespace) -> None:
     from anchor_flow.cli.common import positive
     from anchor_flow.models.loading import builtin_model_names
     from anchor_flow.run.config import RunConfig
-    from anchor_flow.run.folder import check_out
-    from anchor_flow.run.pipeline import run_experiments
+    from anchor_flow.run.distributed import start_ranks, stop_ranks
 
     for option in ("top_trials", "epochs"):
         positive("--" + option.replace("_", "-"), getattr(args, option))
@@ -96,15 +97,37 @@ def run_run_command(args: argparse.Namespace) -> None:
         null_model=args.null_model,
     )  # fmt: skip
     out = args.out or Path("results") / f"{_folder_name(args.model)}-{_folder_name(args.task)}"
-    check_out(out)  # before the model loads: a refused folder costs nothing
+    ranks = start_ranks()  # one process, or this rank of torchrun / accelerate launch
+    try:
+        _run_on_ranks(args, config, out, ranks)
+    finally:
+        if ranks.parallel:
+            stop_ranks()
+
+
+def _run_on_ranks(args: argparse.Namespace, config: Any, out: Path, ranks: Any) -> None:
+    from anchor_flow.run.distributed import rank_device
+    from anchor_flow.run.folder import check_out
+    from anchor_flow.run.pipeline import run_experiments
+
+    tell = say if ranks.leader else (lambda _line: None)  # the other ranks print nothing
+    # Before the model loads: a refused folder costs nothing. Only rank 0 looks at the folder;
+    # a failure on any rank ends every rank with the same one-line error.
+    ranks.agree(lambda: check_out(out) if ranks.leader else None)
     clock = time.perf_counter()
-    model, _, _ = load_model_for(args)
-    say(f"anchor-flow: model {args.model}, task {args.task}, {len(config.seeds)} seeds x "
-        f"{n_examples} examples -> {out}")  # fmt: skip
+
+    def load() -> Any:
+        args.device = rank_device(args.device, args.device_map, ranks)  # cuda:LOCAL_RANK
+        return load_model_for(args)[0]
+
+    model = ranks.agree(load)
+    workers = f" on {ranks.world_size} ranks" if ranks.parallel else ""
+    tell(f"anchor-flow: model {args.model}, task {args.task}, {len(config.seeds)} seeds x "
+         f"{config.n_examples} examples{workers} -> {out}")  # fmt: skip
     run_experiments(
         model, out, config, model_source=str(args.model), restart=args.restart,
-        progress=not args.quiet, on_event=lambda line: say(f"anchor-flow: {line}"),
+        progress=not args.quiet, on_event=lambda line: tell(f"anchor-flow: {line}"), ranks=ranks,
     )  # fmt: skip
     seconds = time.perf_counter() - clock
-    say(f"anchor-flow: finished in {seconds:.0f} s; wrote {out / 'results.json'} and "
-        f"{out / 'report.html'}")  # fmt: skip
+    tell(f"anchor-flow: finished in {seconds:.0f} s; wrote {out / 'results.json'} and "
+         f"{out / 'report.html'}")  # fmt: skip

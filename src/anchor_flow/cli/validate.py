@@ -8,6 +8,7 @@ leaves the disk as it was.
 from __future__ import annotations
 
 import argparse
+import os
 
 from anchor_flow.errors import AnchorFlowError
 
@@ -64,5 +65,9 @@ def check_args(args: argparse.Namespace) -> None:
         check_seeds(tuple(args.seeds))
     if args.command in _FOLDER_COMMANDS:
         check_out(args.out, owned_if=_OWNED_IF)
-    elif args.command == "run" and args.out is not None:
-        check_out(args.out)
+    elif args.command == "run" and args.out is not None and _one_process():
+        check_out(args.out)  # a data-parallel run checks it on rank 0, agreed by every rank
+
+
+def _one_process() -> bool:
+    return os.environ.get("WORLD_SIZE", "1") in ("", "0", "1")

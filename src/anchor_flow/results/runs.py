@@ -36,13 +36,15 @@ class PooledResult(StoredResult):
 
     Besides :class:`~anchor_flow.results.files.StoredResult`'s attributes a subclass sets
     ``_ERROR`` (the exception it raises) and ``_ON_AXIS_1`` (the tensor fields whose prompt
-    or run axis is 1, not 0), and overrides :meth:`_check_concat` to refuse results that
+    or run axis is 1, not 0) and ``_PER_RUN`` (those with a row per run, which :meth:`join`
+    cannot join), and overrides :meth:`_check_concat` to refuse results that
     cannot be pooled. Its non-tensor fields other than ``run_names`` and ``settings`` (e.g.
     the conditions) are taken from the first result when pooling.
     """
 
     _ERROR: ClassVar[type[AnchorFlowError]] = AnchorFlowError
     _ON_AXIS_1: ClassVar[tuple[str, ...]] = ()
+    _PER_RUN: ClassVar[tuple[str, ...]] = ()  # arrays with a row per run, not per prompt
     run: Tensor
     run_names: tuple[str, ...]
 
@@ -107,3 +109,28 @@ class PooledResult(StoredResult):
             run_names=names,
             settings=dict(first.settings),
         )
+
+    @classmethod
+    def join(cls: type[PooledT], parts: Sequence[PooledT]) -> PooledT:
+        """One result from the results of consecutive parts of the same runs' prompts.
+
+        What a data-parallel run (:mod:`anchor_flow.run.distributed`) does with its ranks'
+        parts: every per-prompt array is concatenated in order; the run names, the other
+        fields and the settings are the first part's.
+
+        Raises:
+            AnchorFlowError: no parts, parts of different runs, or a class with per-run arrays.
+        """
+        if not parts or any(p.run_names != parts[0].run_names for p in parts):
+            raise cls._ERROR(
+                f"join needs parts of the same runs; got {[p.run_names for p in parts]}"
+            )
+        if cls._PER_RUN:
+            raise cls._ERROR(f"{cls.__name__} has per-run arrays {cls._PER_RUN}; join them first")
+        if len(parts) == 1:
+            return parts[0]
+        arrays = {
+            name: torch.cat([getattr(p, name) for p in parts], dim=int(name in cls._ON_AXIS_1))
+            for name in cls._ARRAYS
+        }
+        return dataclasses.replace(parts[0], **arrays)  # type: ignore[type-var]

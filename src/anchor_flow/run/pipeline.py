@@ -17,6 +17,13 @@ so; a rerun into the same folder with the same settings skips complete experimen
 deletes and recomputes the files of any other (an interrupted run resumes; a half-written file
 is never trusted). Different settings in the same folder are refused (``restart=True`` starts
 over). The experiment computations themselves live in :mod:`anchor_flow.run.steps`.
+
+Data-parallel runs (``torchrun``/``accelerate launch``, :mod:`anchor_flow.run.distributed`):
+every rank validates the same inputs (a failure anywhere ends every rank with that error),
+then rank 0 alone creates the folder, holds its lock, decides what to skip or resume, and
+names each experiment to run; every rank computes its part of the prompts (re-weighting: of
+the seeds), rank 0 joins the parts (:mod:`anchor_flow.run.shards`), writes every file and
+renders the report. Table 3's timing and the findings' null model run on rank 0 alone.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from anchor_flow.report.folder import render_results_folder
 from anchor_flow.results.files import write_atomic
 from anchor_flow.results.record import SCHEMA, load_run
 from anchor_flow.run.config import NOT_IN_RESULTS, RunConfig
+from anchor_flow.run.distributed import Ranks
 from anchor_flow.run.findings import NULL_FILES, update_findings
 from anchor_flow.run.folder import (
     changed,
@@ -153,6 +161,7 @@ def run_experiments(
     restart: bool = False,
     progress: bool = True,
     on_event: Callable[[str], None] | None = None,
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
     """Run the configured experiments into ``out``, resuming a run with the same settings.
 
@@ -170,6 +179,10 @@ def run_experiments(
         restart: delete this folder's previous run files first instead of resuming.
         progress: one progress bar per experiment (the inner calls' own bars stay hidden).
         on_event: called with one line per experiment started, skipped and finished.
+        ranks: this process's rank in a data-parallel run (default: the initialised
+            ``torch.distributed`` group's, else one process; see
+            :mod:`anchor_flow.run.distributed`). Every rank calls ``run_experiments`` with the
+            same arguments; rank 0 writes the folder, the others return its record.
 
     Returns:
         The content of ``results.json``.
@@ -179,23 +192,59 @@ def run_experiments(
         AnchorFlowError: bad settings, unknown task, prompts that do not fit, ...
     """
     config = config or RunConfig()
-    say = on_event or (lambda _line: None)
-    directory = check_out(out)  # everything is validated before the folder is created
-    adapter = adapt(model)
-    info = {**model_info(adapter), "source": model_source or adapter.name}
-    # One bar per experiment (see _bar); the run_* calls inside the steps stay quiet.
-    context = RunContext.create(model, adapter, config, directory, False)
-    # Validation measures prompt lengths: with the run's BOS choice, as the steps will.
-    with forced_prepend_bos(model, prepend_bos_option(config.prepend_bos)):
-        _resolve_inputs(context, say)
-    fingerprint = fingerprints(context.task, context.data, model, adapter.tokenizer,
-                               model_source)  # fmt: skip
-    directory.mkdir(parents=True, exist_ok=True)
-    with hold_lock(directory), thread_policy(model):
-        remove_temporary(directory, [*(f for v in STEP_FILES.values() for f in v),
-                                     *NULL_FILES, "results.json", "report.html"])  # fmt: skip
-        record = _start(directory, config, info, restart, fingerprint)
-        return _run_steps(directory, config, context, record, say, progress)
+    ranks = ranks or Ranks.current()
+    say = on_event if on_event is not None and ranks.leader else (lambda _line: None)
+
+    def prepare() -> tuple[dict[str, Any], RunContext, dict[str, str]]:
+        # Everything is validated before the folder is created; only rank 0 looks at it.
+        directory = check_out(out) if ranks.leader else Path(out)
+        adapter = adapt(model)
+        info = {**model_info(adapter), "source": model_source or adapter.name}
+        # One bar per experiment (see _bar); the run_* calls inside the steps stay quiet.
+        context = RunContext.create(model, adapter, config, directory, False, ranks)
+        # Validation measures prompt lengths: with the run's BOS choice, as the steps will.
+        with forced_prepend_bos(model, prepend_bos_option(config.prepend_bos)):
+            _resolve_inputs(context, say)
+        fingerprint = fingerprints(context.task, context.data, model, adapter.tokenizer,
+                                   model_source)  # fmt: skip
+        return info, context, fingerprint
+
+    info, context, fingerprint = ranks.agree(prepare)  # a failure on any rank: all raise
+    _check_same_inputs(ranks.everyone((fingerprint, config.settings())))
+    if not ranks.leader:  # computes its parts of the experiments rank 0 runs; writes nothing
+        with thread_policy(model):
+            return ranks.follow(lambda name: run_step(name, context))  # type: ignore[no-any-return]
+    directory = context.out
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with hold_lock(directory), thread_policy(model):
+            remove_temporary(directory, [*(f for v in STEP_FILES.values() for f in v),
+                                         *NULL_FILES, "results.json", "report.html"])  # fmt: skip
+            record = _start(directory, config, info, restart, fingerprint)
+            record = _run_steps(directory, config, context, record, say, progress)
+    except BaseException as error:
+        with contextlib.suppress(Exception):  # the other ranks end with this error too
+            ranks.fail(error)
+        raise
+    ranks.send(("done", record))
+    return record
+
+
+def _check_same_inputs(inputs: Sequence[tuple[dict[str, str], dict[str, Any]]]) -> None:
+    """Every rank must have read the same task, data, model weights, tokenizer and settings."""
+    flat = [{**{f"fingerprint.{k}": v for k, v in prints.items()},
+             **{f"settings.{k}": v for k, v in settings.items()}}
+            for prints, settings in inputs]  # fmt: skip
+    differ = [
+        f"rank {rank}: {', '.join(sorted(k for k in {*f, *flat[0]} if f.get(k) != flat[0].get(k)))}"
+        for rank, f in enumerate(flat)
+        if f != flat[0]
+    ]
+    if differ:
+        raise AnchorFlowError(
+            f"the ranks of this run read other inputs than rank 0 ({'; '.join(differ)}); "
+            "start every rank with the same model, task, data and settings"
+        )
 
 
 # The prompt scheme each step reads from the context (re-weighting draws its own prompts).
@@ -246,6 +295,7 @@ def _run_steps(
     # Merge: a resumed run skips steps, so it would not re-resolve what they resolved.
     resolved = record.get("settings_resolved", {})
     record["settings_resolved"] = context.resolved = {**resolved, **context.resolved}
+    record["timings"]["ranks"] = context.ranks.world_size  # data-parallel processes
     for name in config.experiments:
         previous = record["experiments"].get(name, {})
         if _complete(previous, directory):

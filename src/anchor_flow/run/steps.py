@@ -1,28 +1,38 @@
 """The six experiments of :func:`anchor_flow.run.pipeline.run_experiments`, one function each.
 
-Each step reads its prompts from the :class:`RunContext` (built once per run: model, task,
-data, prompts per seed), calls the experiment's public ``run_*`` function once per seed,
-pools the seeds, writes its files (:data:`STEP_FILES`, each atomically) and returns the
-JSON-safe summary that goes into ``results.json``. Protocols (PAPER.md §7): saliency draws
-demonstrations per test example; isolation, deep layers, compression and diagnosis fix them
-per seed (scheme "fixed"; the generated demo-*/synthetic-* tasks still draw demonstrations
-and label words per prompt); re-weighting uses Table 1's 1-shot + 4-per-class split.
+Each step reads its prompts from the :class:`~anchor_flow.run.context.RunContext` (built once
+per run: model, task, data, prompts per seed, the ranks), calls the experiment's public
+``run_*`` function once per seed (in a data-parallel run: on this rank's part of the seed's
+prompts, joined on rank 0 by :mod:`anchor_flow.run.shards`), pools the seeds, writes its
+files (:data:`STEP_FILES`, each atomically) and returns the JSON-safe summary that goes into
+``results.json`` (rank 0; the other ranks return ``{}`` and write nothing). Protocols
+(PAPER.md §7): saliency draws demonstrations per test example; isolation, deep layers,
+compression and diagnosis fix them per seed (scheme "fixed"; the generated demo-*/synthetic-*
+tasks still draw demonstrations and label words per prompt); re-weighting uses Table 1's
+1-shot + 4-per-class split.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from anchor_flow.results.files import write_atomic
-from anchor_flow.run.config import RunConfig
+from anchor_flow.run.context import RunContext, Scheme, experiment_prompts
+from anchor_flow.run.shards import join_diagnosis, join_saliency
 
-__all__ = ["STEPS", "STEP_FILES", "RunContext", "model_info", "run_step", "save_pooled"]
-
-Scheme = Literal["fixed", "per_example"]
+__all__ = [
+    "STEPS",
+    "STEP_FILES",
+    "RunContext",
+    "experiment_prompts",
+    "model_info",
+    "run_step",
+    "save_pooled",
+]
 
 STEP_FILES: dict[str, tuple[str, ...]] = {
     "saliency": ("saliency.json", "flows.csv", "saliency/"),
@@ -73,98 +83,37 @@ def save_pooled(
     return summary
 
 
-@dataclass
-class RunContext:
-    """What every step needs: the model, the task, its data and prompts per seed."""
+def _parts(
+    run: RunContext, scheme: Scheme, compute: Callable[[str, int, list[Any]], Any]
+) -> dict[str, list[Any]] | None:
+    """``compute(seed name, index of the first prompt, prompts)`` on this rank's part of each
+    seed's prompts; on rank 0 every rank's part per seed in prompt order (else None)."""
 
-    model: Any
-    adapter: Any
-    config: RunConfig
-    out: Path
-    progress: bool
-    task: Any
-    data: Any
-    policy: Literal["single", "first", "all"]
-    resolved: dict[str, Any]
-    _prompts: dict[Scheme, dict[str, list[Any]]] = field(default_factory=dict)
+    def mine() -> dict[str, Any]:
+        parts = {}
+        for name, prompts in run.prompt_sets(scheme).items():
+            first, part = run.ranks.shard(prompts)
+            parts[name] = compute(name, first, part) if part else None
+        return parts
 
-    @classmethod
-    def create(
-        cls, model: Any, adapter: Any, config: RunConfig, out: Path, progress: bool
-    ) -> RunContext:
-        from anchor_flow.icl.data import load_task_data
-        from anchor_flow.icl.tasks import get_task
-
-        task = get_task(config.task)
-        policy = config.label_token_policy or task.label_token_policy
-        data = load_task_data(task, data_dir=config.data_dir)
-        resolved: dict[str, Any] = {"task": task.name, "data": data.source,
-                                    "label_token_policy": policy,
-                                    "class_names": list(task.label_names)}  # fmt: skip
-        resolved["prepend_bos"] = _resolved_bos(model, config)
-        return cls(model, adapter, config, out, progress, task, data, policy, resolved)
-
-    def prompt_sets(self, scheme: Scheme) -> dict[str, list[Any]]:
-        """Prompts per seed (``"seed-42"``), fitted to the context as ``on_overflow`` says."""
-        if scheme not in self._prompts:
-            sets, skipped = experiment_prompts(
-                self.task, self.data, self.config, scheme, self.adapter.tokenizer,
-                self.adapter.n_ctx, self.policy,
-            )  # fmt: skip
-            self._prompts[scheme] = sets
-            self.resolved[f"skipped_too_long_{scheme}"] = skipped
-        return self._prompts[scheme]
-
-    def settings(self, scheme: str) -> dict[str, Any]:
-        return {**self.resolved, "seeds": list(self.config.seeds), "demonstrations": scheme,
-                "n_examples": self.config.n_examples}  # fmt: skip
-
-
-def experiment_prompts(
-    task: Any,
-    data: Any,
-    config: Any,
-    scheme: Scheme,
-    tokenizer: Any,
-    max_length: int | None,
-    policy: Literal["single", "first", "all"],
-) -> tuple[dict[str, list[Any]], dict[int, int]]:
-    """The paper's prompts per seed and how many were skipped as too long, per seed.
-
-    ``config`` needs ``seeds``, ``n_examples``, ``shots_per_class``, ``fix_class_order`` and
-    ``on_overflow`` (a :class:`RunConfig` or the CLI's parsed arguments).
-    """
-    from anchor_flow.icl.context import fit_to_context
-    from anchor_flow.icl.sampling import task_prompts
-
-    sets, skipped = {}, {}
-    for seed in config.seeds:
-        prompts = task_prompts(
-            task, data.train, data.test, seed=seed, n_examples=config.n_examples,
-            shots_per_class=config.shots_per_class, scheme=scheme,
-            fix_class_order=config.fix_class_order,
-        )  # fmt: skip
-        if tokenizer is not None and max_length is not None:
-            prompts, skipped[seed] = fit_to_context(
-                prompts, tokenizer, max_length, on_overflow=config.on_overflow,
-                label_token_policy=policy,
-            )  # fmt: skip
-        sets[f"seed-{seed}"] = prompts
-    return sets, skipped
+    gathered = run.ranks.gather(mine)
+    if gathered is None:
+        return None
+    return {name: [p[name] for p in gathered if p[name] is not None] for name in gathered[0]}
 
 
 def _saliency(run: RunContext) -> dict[str, Any]:
     from anchor_flow.analysis.flows import InformationFlow
     from anchor_flow.analysis.saliency.measure import run_saliency
 
-    results = {
-        name: run_saliency(
-            run.model, prompts, loss=run.config.saliency_loss,
-            gradient=run.config.saliency_gradient, batch_size=run.config.batch_size,
-            label_token_policy=run.policy, progress=run.progress,
-        )
-        for name, prompts in run.prompt_sets("per_example").items()
-    }  # fmt: skip
+    parts = _parts(run, "per_example", lambda _, __, prompts: run_saliency(
+        run.model, prompts, loss=run.config.saliency_loss,
+        gradient=run.config.saliency_gradient, batch_size=run.config.batch_size,
+        label_token_policy=run.policy, progress=run.progress,
+    ))  # fmt: skip
+    if parts is None:
+        return {}
+    results = {name: join_saliency(shards) for name, shards in parts.items()}
     first = next(iter(results.values()))
     settings = {**first.settings, **run.settings("per_example"),
                 "n_prompts": sum(r.n_prompts for r in results.values())}  # fmt: skip
@@ -183,17 +132,15 @@ def _saliency(run: RunContext) -> dict[str, Any]:
 def _isolation(run: RunContext) -> dict[str, Any]:
     from anchor_flow.analysis.isolation import IsolationResult, run_isolation
 
-    runs = [
-        run_isolation(
-            run.model, prompts, layer_counts=run.config.isolation_layer_counts,
-            mode=run.config.isolation_mode, top_k=run.config.top_k,
-            seed=int(name.removeprefix("seed-")), run_name=name,
-            batch_size=run.config.batch_size, label_token_policy=run.policy,
-            progress=run.progress,
-        )
-        for name, prompts in run.prompt_sets("fixed").items()
-    ]  # fmt: skip
-    pooled = IsolationResult.concat(runs)
+    parts = _parts(run, "fixed", lambda name, first, prompts: run_isolation(
+        run.model, prompts, layer_counts=run.config.isolation_layer_counts,
+        mode=run.config.isolation_mode, top_k=run.config.top_k,
+        seed=int(name.removeprefix("seed-")), run_name=name, batch_size=run.config.batch_size,
+        label_token_policy=run.policy, first_prompt_id=first, progress=run.progress,
+    ))  # fmt: skip
+    if parts is None:
+        return {}
+    pooled = IsolationResult.concat([IsolationResult.join(p) for p in parts.values()])
     return save_pooled(run.out, "isolation", pooled, run.settings("fixed"),
                        {"isolation.csv": pooled.summary_frame()})  # fmt: skip
 
@@ -201,17 +148,19 @@ def _isolation(run: RunContext) -> dict[str, Any]:
 def _deep(run: RunContext) -> dict[str, Any]:
     from anchor_flow.analysis.deep import DeepResult, run_deep
 
-    runs = [
-        run_deep(run.model, prompts, batch_size=run.config.batch_size, run_name=name,
-                 label_token_policy=run.policy, progress=run.progress)
-        for name, prompts in run.prompt_sets("fixed").items()
-    ]  # fmt: skip
-    pooled = DeepResult.concat(runs)
+    parts = _parts(run, "fixed", lambda name, _, prompts: run_deep(
+        run.model, prompts, batch_size=run.config.batch_size, run_name=name,
+        label_token_policy=run.policy, progress=run.progress,
+    ))  # fmt: skip
+    if parts is None:
+        return {}
+    pooled = DeepResult.concat([DeepResult.join(p) for p in parts.values()])
     return save_pooled(run.out, "deep", pooled, run.settings("fixed"),
                        {"deep.csv": pooled.summary_frame()})  # fmt: skip
 
 
 def _reweighting(run: RunContext) -> dict[str, Any]:
+    """Shared by seeds: each seed trains its own beta on its own prompts."""
     from anchor_flow.applications.reweighting.protocol import (
         ReweightingResult,
         fit_reweighting_prompts,
@@ -219,8 +168,7 @@ def _reweighting(run: RunContext) -> dict[str, Any]:
         run_reweighting,
     )
 
-    runs = []
-    for seed in run.config.seeds:
+    def seed_run(seed: int) -> tuple[Any, Any]:
         sets = reweighting_prompts(
             run.task, run.data.train, run.data.test, seed=seed,
             n_examples=run.config.n_examples, train_per_class=run.config.train_per_class,
@@ -231,14 +179,19 @@ def _reweighting(run: RunContext) -> dict[str, Any]:
             sets, run.adapter.tokenizer, run.adapter.n_ctx, on_overflow=run.config.on_overflow,
             label_token_policy=run.policy,
         )  # fmt: skip
-        run.resolved.setdefault("skipped_too_long_reweighting", {})[seed] = skipped
-        runs.append(
-            run_reweighting(
-                run.model, sets, run_name=f"seed-{seed}", epochs=run.config.reweighting_epochs,
-                lr=run.config.reweighting_lr, batch_size=run.config.batch_size, seed=seed,
-                label_token_policy=run.policy, progress=run.progress,
-            )
+        return skipped, run_reweighting(
+            run.model, sets, run_name=f"seed-{seed}", epochs=run.config.reweighting_epochs,
+            lr=run.config.reweighting_lr, batch_size=run.config.batch_size, seed=seed,
+            label_token_policy=run.policy, progress=run.progress,
         )  # fmt: skip
+
+    gathered = run.ranks.gather(lambda: [seed_run(s) for s in run.ranks.shard(run.config.seeds)[1]])
+    if gathered is None:
+        return {}
+    done = [item for part in gathered for item in part]  # the seeds in order
+    for seed, (skipped, _) in zip(run.config.seeds, done, strict=True):
+        run.resolved.setdefault("skipped_too_long_reweighting", {})[seed] = skipped
+    runs = [result for _, result in done]
     pooled = ReweightingResult.concat(runs)
     settings = {**run.settings("reweighting"), "train_per_class": run.config.train_per_class,
                 "k_shot_shots_per_run": [r.settings["k_shot_shots"] for r in runs]}  # fmt: skip
@@ -247,18 +200,24 @@ def _reweighting(run: RunContext) -> dict[str, Any]:
 
 
 def _compression(run: RunContext) -> dict[str, Any]:
-    from anchor_flow.applications.compression.baselines import CompressionResult, run_compression
+    """Table 2 shared by prompts; Table 3 (a timing) on rank 0 alone, after the others."""
+    from anchor_flow.applications.compression.baselines import CompressionResult
+    from anchor_flow.applications.compression.outcomes import (
+        CompressionOutcomes,
+        compression_outcomes,
+    )
 
-    runs = [
-        run_compression(
-            run.model, prompts, methods=run.config.compression_methods,
-            position_policy=run.config.position_policy, seed=int(name.removeprefix("seed-")),
-            n_top_trials=run.config.top_trials, top_k=run.config.top_k,
-            batch_size=run.config.batch_size, run_name=name, label_token_policy=run.policy,
-            engine=run.config.compression_engine, progress=run.progress,
-        )
-        for name, prompts in run.prompt_sets("fixed").items()
-    ]  # fmt: skip
+    parts = _parts(run, "fixed", lambda name, first, prompts: compression_outcomes(
+        run.model, prompts, methods=run.config.compression_methods,
+        position_policy=run.config.position_policy, seed=int(name.removeprefix("seed-")),
+        n_top_trials=run.config.top_trials, top_k=run.config.top_k,
+        batch_size=run.config.batch_size, label_token_policy=run.policy,
+        engine=run.config.compression_engine, first_prompt_id=first, progress=run.progress,
+    ))  # fmt: skip
+    if parts is None:
+        return {}
+    runs = [CompressionResult.from_outcomes(CompressionOutcomes.join(p), name)
+            for name, p in parts.items()]  # fmt: skip
     pooled = CompressionResult.concat(runs)
     frames = {"compression.csv": pooled.summary_frame(),
               "compression_trials.csv": pooled.trials_frame()}  # fmt: skip
@@ -314,32 +273,31 @@ def _speed(run: RunContext) -> Any:
 
 
 def _diagnosis(run: RunContext) -> dict[str, Any]:
-    from anchor_flow.applications.diagnosis.distances import DiagnosisResult, run_diagnosis
+    from anchor_flow.applications.diagnosis.distances import DiagnosisResult, record_diagnosis
 
-    runs = [
-        run_diagnosis(
-            run.model, prompts, layer=run.config.diagnosis_layer,
-            n_components=run.config.n_components, class_names=run.task.label_names,
-            batch_size=run.config.batch_size, run_name=name, label_token_policy=run.policy,
-            progress=run.progress,
-        )
-        for name, prompts in run.prompt_sets("fixed").items()
-    ]  # fmt: skip
-    pooled = DiagnosisResult.concat(runs)
+    parts = _parts(run, "fixed", lambda name, _, prompts: record_diagnosis(
+        run.model, prompts, layer=run.config.diagnosis_layer,
+        n_components=run.config.n_components, class_names=run.task.label_names,
+        batch_size=run.config.batch_size, run_name=name, label_token_policy=run.policy,
+        progress=run.progress,
+    ))  # fmt: skip
+    if parts is None:
+        return {}
+    n = run.config.n_components
+    pooled = DiagnosisResult.concat([join_diagnosis(p, n) for p in parts.values()])
     return save_pooled(run.out, "diagnosis", pooled, run.settings("fixed"),
                        {"diagnosis.csv": pooled.to_frame()})  # fmt: skip
 
 
-def _resolved_bos(model: Any, config: RunConfig) -> bool:
-    from anchor_flow.models.bos import prepend_bos_option, resolved_prepend_bos
-
-    return resolved_prepend_bos(model, prepend_bos_option(config.prepend_bos))
-
-
 def run_step(name: str, run: RunContext) -> dict[str, Any]:
-    """``STEPS[name](run)`` with ``RunConfig.prepend_bos`` in force for the run's model."""
+    """``STEPS[name](run)`` with ``RunConfig.prepend_bos`` in force for the run's model.
+
+    In a data-parallel run rank 0 first tells the other ranks to run the step too (they
+    compute their parts, send them to rank 0 and return ``{}``)."""
     from anchor_flow.models.bos import forced_prepend_bos, prepend_bos_option
 
+    if run.ranks.leader:
+        run.ranks.send(("step", name))
     with forced_prepend_bos(run.model, prepend_bos_option(run.config.prepend_bos)):
         return STEPS[name](run)
 

@@ -33,61 +33,22 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from anchor_flow.analysis.loyalty import METRICS, LoyaltyResult, label_loyalty, word_loyalty
+from anchor_flow.analysis.loyalty import METRICS, LoyaltyResult, label_loyalty
 from anchor_flow.applications.compression.cache import PositionPolicy
-from anchor_flow.applications.compression.engines import (
-    CompressionError,
-    Engine,
-    anchor_positions,
-    context_end,
-    run_compressed_icl_trials,
+from anchor_flow.applications.compression.engines import CompressionError, Engine
+from anchor_flow.applications.compression.outcomes import (
+    METHODS,
+    TOP,
+    CompressionOutcomes,
+    compression_outcomes,
+    text_anchor_batch,
 )
-from anchor_flow.icl.evaluation import ICLResult, prompt_batch, run_icl
 from anchor_flow.icl.prompts import ICLPrompt
-from anchor_flow.icl.roles import PromptBatch, Role
-from anchor_flow.models.tl_adapter import adapt
+from anchor_flow.icl.roles import PromptBatch
 
 __all__ = ["METHODS", "CompressionResult", "run_compression", "text_anchor_batch"]
 
 SCHEMA = "anchor_flow.compression/1"
-METHODS = ("text_anchor", "hidden_random", "hidden_random_top", "hidden_anchor")
-
-
-def text_anchor_batch(batch: PromptBatch) -> PromptBatch:
-    """Each row reduced to its demonstrations' formatting and label words, then its query.
-
-    Example:
-        >>> from anchor_flow import tokenize_prompts, toy_prompts
-        >>> from anchor_flow.testbeds.toy import build_toy_tokenizer
-        >>> batch = tokenize_prompts(toy_prompts(1), build_toy_tokenizer())
-        >>> text = text_anchor_batch(batch)
-        >>> Role.TEXT in text.roles[0, : context_end(text)].tolist()  # the demonstrations'
-        False
-    """
-    columns = [
-        torch.cat([anchor_positions(batch, r), torch.arange(context_end(batch, r), int(n))])
-        for r, n in enumerate(batch.lengths.tolist())
-    ]
-    width = max(len(c) for c in columns)
-    pad_id = (
-        int(batch.tokens[~batch.attention_mask][0]) if bool((~batch.attention_mask).any()) else 0
-    )
-
-    def take(values: Tensor, fill: int) -> Tensor:
-        out = torch.full((len(batch), width), fill, dtype=values.dtype)
-        for r, c in enumerate(columns):
-            out[r, : len(c)] = values[r, c]
-        return out
-
-    roles = take(batch.roles, int(Role.PAD))
-    return PromptBatch(
-        tokens=take(batch.tokens, pad_id), roles=roles, demo_index=take(batch.demo_index, -1),
-        label_class=take(batch.label_class, -1),
-        target_position=(roles == Role.TARGET).long().argmax(-1),
-        label_token_ids=batch.label_token_ids, gold=batch.gold,
-        str_tokens=tuple(tuple(batch.str_tokens[r][i] for i in c.tolist())
-                         for r, c in enumerate(columns)),
-    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -141,6 +102,7 @@ class CompressionResult(LoyaltyResult):
         "chosen_trial",
     )
     _ERROR = CompressionError
+    _PER_RUN = ("trials", "chosen_trial")
 
     def __post_init__(self) -> None:
         self._check_outcome_shapes(len(self.methods), "methods", "method")
@@ -210,6 +172,33 @@ class CompressionResult(LoyaltyResult):
         }  # fmt: skip
 
     @classmethod
+    def from_outcomes(cls, outcomes: CompressionOutcomes, run_name: str) -> CompressionResult:
+        """One run's result from its per-prompt outcomes: Hidden_random-top reports its trial
+        with the best mean label loyalty over all the run's prompts."""
+        trials, chosen = torch.zeros(1, 0, 3), -1
+        rows = dict(zip([m for m in outcomes.methods if m != TOP],
+                        zip(outcomes.predictions, outcomes.word_jaccard, strict=True),
+                        strict=True))  # fmt: skip
+        if TOP in outcomes.methods:
+            full, gold = outcomes.baseline_predictions, outcomes.gold
+            acc = torch.where(gold >= 0, 0.0, math.nan)
+            runs = list(zip(outcomes.trial_predictions, outcomes.trial_jaccard, strict=True))
+            trials = torch.tensor([[float(label_loyalty(full, p).mean()), float(w.mean()),
+                                    float((acc + (p == gold).double()).nanmean())]
+                                   for p, w in runs])[None]  # fmt: skip
+            chosen = int(trials[0, :, 0].argmax())  # the best label loyalty
+            rows[TOP] = runs[chosen]
+        methods = outcomes.methods
+        return cls(
+            methods=methods, baseline_predictions=outcomes.baseline_predictions,
+            predictions=torch.stack([rows[m][0] for m in methods]),
+            word_jaccard=torch.stack([rows[m][1] for m in methods]),
+            gold=outcomes.gold.clone(), run=torch.zeros(outcomes.n_prompts, dtype=torch.long),
+            run_names=(run_name,), trials=trials, chosen_trial=torch.tensor([chosen]),
+            settings=dict(outcomes.settings),
+        )  # fmt: skip
+
+    @classmethod
     def _check_concat(cls, results: Sequence[CompressionResult], names: tuple[str, ...]) -> None:
         if any(r.methods != results[0].methods for r in results):
             raise CompressionError("cannot concat compression results with different methods")
@@ -265,65 +254,9 @@ def run_compression(
             does not depend on it).
         progress: progress bar of the full-prompt ICL pass.
     """
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods or len(set(methods)) != len(methods):
-        raise CompressionError(f"methods={list(methods)!r}; expected distinct names from {METHODS}")
-    if n_top_trials < 1:
-        raise CompressionError(f"n_top_trials={n_top_trials!r}; expected a positive integer")
-    adapter = adapt(model)
-    batch = prompt_batch(adapter, prompts, label_token_policy=label_token_policy)
-    full = run_icl(adapter, batch, batch_size=batch_size, top_k=top_k, progress=progress)
-    shared = {"position_policy": position_policy, "keep_bos": keep_bos, "seed": seed,
-              "batch_size": batch_size, "top_k": top_k, "engine": engine,
-              "prepend_bos": batch.has_bos}  # fmt: skip
-
-    def score(result: ICLResult) -> tuple[Tensor, Tensor]:
-        return result.predictions, word_loyalty(full.top_tokens, result.top_tokens)
-
-    def hidden(keep: Literal["anchor", "random"], trials: list[int]) -> list[ICLResult]:
-        return run_compressed_icl_trials(
-            adapter, batch, trials=trials, keep=keep, position_policy=position_policy,
-            keep_bos=keep_bos, seed=seed, batch_size=batch_size, top_k=top_k, engine=engine,
-        )  # fmt: skip
-
-    # Hidden_random is trial 0 and Hidden_random-top trials 1..n: one call shares their work.
-    top = list(range(1, n_top_trials + 1)) if "hidden_random_top" in methods else []
-    wanted = [0] * ("hidden_random" in methods) + top
-    random_runs = dict(zip(wanted, hidden("random", wanted), strict=True)) if wanted else {}
-
-    outcomes: dict[str, tuple[Tensor, Tensor]] = {}
-    trials, chosen = torch.zeros(1, 0, 3), -1
-    for method in methods:
-        if method == "text_anchor":
-            outcomes[method] = score(
-                run_icl(
-                    adapter,
-                    text_anchor_batch(batch),
-                    batch_size=batch_size,
-                    top_k=top_k,
-                    progress=False,
-                )
-            )
-        elif method == "hidden_anchor":
-            outcomes[method] = score(hidden("anchor", [0])[0])
-        elif method == "hidden_random":
-            outcomes[method] = score(random_runs[0])
-        else:
-            runs = [score(random_runs[t]) for t in range(1, n_top_trials + 1)]
-            acc = torch.where(batch.gold >= 0, 0.0, math.nan)
-            trials = torch.tensor([[float(label_loyalty(full.predictions, p).mean()),
-                                    float(w.mean()),
-                                    float((acc + (p == batch.gold).double()).nanmean())]
-                                   for p, w in runs])[None]  # fmt: skip
-            chosen = int(trials[0, :, 0].argmax())  # the best label loyalty
-            outcomes[method] = runs[chosen]
-    settings = {"model": adapter.name, "tl_class": adapter.kind, "n_top_trials": n_top_trials,
-                "label_token_policy": label_token_policy, **shared}  # fmt: skip
-    return CompressionResult(
-        methods=tuple(methods), baseline_predictions=full.predictions,
-        predictions=torch.stack([outcomes[m][0] for m in methods]),
-        word_jaccard=torch.stack([outcomes[m][1] for m in methods]),
-        gold=batch.gold.clone(), run=torch.zeros(len(batch), dtype=torch.long),
-        run_names=(run_name or f"seed-{seed}",),
-        trials=trials, chosen_trial=torch.tensor([chosen]), settings=settings,
+    outcomes = compression_outcomes(
+        model, prompts, methods=methods, position_policy=position_policy, keep_bos=keep_bos,
+        seed=seed, n_top_trials=n_top_trials, top_k=top_k, batch_size=batch_size,
+        label_token_policy=label_token_policy, engine=engine, progress=progress,
     )  # fmt: skip
+    return CompressionResult.from_outcomes(outcomes, run_name or f"seed-{seed}")

@@ -95,12 +95,14 @@ KeepSet = Literal["anchor", "random", "all"]
 HookList = Sequence[tuple[Any, Callable[..., Any]]]
 
 
-def _kept(batch: PromptBatch, row: int, keep: str, keep_bos: bool, seed: int, trial: int) -> Tensor:
+def _kept(
+    batch: PromptBatch, row: int, keep: str, keep_bos: bool, seed: int, trial: int, first: int
+) -> Tensor:
     if keep == "anchor":
         return anchor_positions(batch, row, keep_bos=keep_bos)
     if keep == "random":
         return random_anchor_positions(
-            batch, row, seed=seed, trial=trial, prompt_id=row, keep_bos=keep_bos
+            batch, row, seed=seed, trial=trial, prompt_id=first + row, keep_bos=keep_bos
         )
     return torch.arange(context_end(batch, row))
 
@@ -211,12 +213,14 @@ def run_compressed_icl_trials(
     label_token_policy: Literal["single", "first", "all"] = "single",
     engine: Engine = "auto",
     extra_hooks: HookList = (),
+    first_prompt_id: int = 0,
 ) -> list[ICLResult]:
     """:func:`run_compressed_icl` for several Hidden_random trials, one result per trial.
 
     Equals ``[run_compressed_icl(..., trial=t) for t in trials]``, but the work that does not
     depend on the trial is done once (module docstring). ``keep="anchor"``/``"all"`` do not
-    depend on the trial: they are computed once and repeated.
+    depend on the trial: they are computed once and repeated. Prompt ``i`` draws its random
+    positions as prompt id ``first_prompt_id + i`` (a part of a longer list passes its offset).
 
     Example:
         >>> from anchor_flow import load_model, toy_prompts
@@ -255,7 +259,7 @@ def run_compressed_icl_trials(
     engines = _group_engines(adapter, groups, engine, position_policy, list(extra_hooks))
 
     def kept_sets(row: int) -> list[Tensor]:
-        return [_kept(batch, row, keep, keep_bos, seed, t) for t in distinct]
+        return [_kept(batch, row, keep, keep_bos, seed, t, first_prompt_id) for t in distinct]
 
     with frozen(adapter), torch.no_grad():
         label_probs, top_tokens, top_probs = _evaluate(

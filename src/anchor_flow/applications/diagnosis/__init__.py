@@ -1,5 +1,5 @@
-"""§3.3 anchor-distance error diagnosis: the recorded vectors (distances.py), the maths
-(confusion.py).
+"""§3.3 anchor-distance error diagnosis: recording the vectors (distances.py), the result
+(result.py), the maths (confusion.py).
 
 Part of its parent package; the parent's import rules apply.
 """

@@ -92,6 +92,7 @@ class ReweightingResult(PooledResult):
     _ARRAYS = ("predictions", "gold", "run", "betas", "losses")
     _ERROR = ReweightingError
     _ON_AXIS_1 = ("predictions", "gold")
+    _PER_RUN = ("betas", "losses")
 
     def __post_init__(self) -> None:
         n = self.predictions.shape[-1] if self.predictions.ndim else 0
