@@ -161,7 +161,8 @@ def _saliency(run: RunContext) -> dict[str, Any]:
         name: run_saliency(
             run.model, prompts, loss=run.config.saliency_loss,
             gradient=run.config.saliency_gradient, batch_size=run.config.batch_size,
-            label_token_policy=run.policy, progress=run.progress,
+            memory=run.config.saliency_memory, label_token_policy=run.policy,
+            progress=run.progress,
         )
         for name, prompts in run.prompt_sets("per_example").items()
     }  # fmt: skip
