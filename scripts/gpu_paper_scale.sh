@@ -16,6 +16,11 @@
 #      memory. (The full 1000 x 5 protocol: --n-examples 1000 --seeds 42,43,44,45,46.)
 #   5. issue 17: pytest -m gpu tests/model/test_devices.py (planted-anchor split between
 #      cuda:0 and the CPU; every experiment equal to the single-device run, 1e-5).
+#   6. issue 17 item 4: peak memory of saliency vs T = 512..4096 on a Llama-2-7B shape (4 of 32
+#      layers, bf16), memory="keep" vs "recompute" (benchmarks/saliency_memory.py). Gets what is
+#      left of a 470 s budget, at most 60 s (skipped under 20 s), so the script stays < 8 min.
+#
+# The logs in benchmarks/gpu_logs/ are these files, copied from $OUT as h200_<name>.txt.
 #
 # Offline: installs only the wheels in .whl/ (ignored by git: run with carry [".whl"]), next
 # to the machine's own torch + CUDA + transformers (< 5.24, see TL_NOTES).
@@ -115,11 +120,22 @@ else
         | tee "$OUT/devices_gpu_tests.txt"
 fi
 
+echo "== 6. issue 17 item 4: saliency peak memory vs sequence length (Llama-2-7B shape)"
+left=$((470 - SECONDS)); [ "$left" -gt 60 ] && left=60
+if [ "$left" -ge 20 ]; then
+    timeout "$left" python3 benchmarks/saliency_memory.py --device cuda --shape llama7b \
+        --layers 4 --dtype bfloat16 --lengths 512,1024,2048,4096 2>&1 \
+        | tee "$OUT/saliency_memory.txt"
+else
+    echo "skipped: ${left} s left of the 470 s budget" | tee "$OUT/saliency_memory.txt"
+fi
+
 # The tables alone, for a quick look (the reply carries the end of the output).
 {
     grep -h "^== Python module calls" "$OUT"/compression_xl_*.txt | sort -u
     grep -h -A5 "^device=" "$OUT"/compression_xl_*.txt
     grep -v "^Moving" "$OUT/saliency_paper_scale.txt"
     grep -v "^\[" "$OUT/protocol_xl.txt" | grep -v "^Moving"
+    grep -v "^Moving" "$OUT/saliency_memory.txt"
 } > "$OUT/tables.txt"
 cat "$OUT/tables.txt"

@@ -51,6 +51,7 @@ def run_saliency_command(args: argparse.Namespace) -> None:
             head_reduction=args.head_reduction,
             batch_size=args.batch_size,
             keep_maps=args.keep_maps,
+            memory=args.memory,
             label_token_policy=policy,
             progress=not args.quiet,
         )

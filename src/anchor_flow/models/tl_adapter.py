@@ -170,8 +170,10 @@ class ModelAdapter:
                 tokens, attention_mask=attention_mask, stop_at_layer=self.n_layers
             )
         else:
+            # No key/value cache: nothing reads it, and a checkpointed block's recompute
+            # (models.recompute) would append to it a second time.
             residual = self._bridge_final_residual(
-                tokens, return_type="logits", attention_mask=attention_mask
+                tokens, return_type="logits", attention_mask=attention_mask, use_cache=False
             )
         return self._unembed_at(residual, positions)
 

@@ -19,7 +19,7 @@ __all__ = ["COMPRESSION_METHODS", "EXPERIMENTS", "NOT_IN_RESULTS", "RunConfig"]
 EXPERIMENTS = ("saliency", "isolation", "deep", "reweighting", "compression", "diagnosis")
 # Settings a resumed run may change (the record keeps the latest): the results do not depend
 # on them beyond float rounding (the compression engines are tested equal). The dtype does.
-NOT_IN_RESULTS = ("device", "compression_engine", "device_map")
+NOT_IN_RESULTS = ("device", "compression_engine", "device_map", "saliency_memory")
 COMPRESSION_METHODS = ("text_anchor", "hidden_random", "hidden_random_top", "hidden_anchor")
 
 
@@ -58,6 +58,8 @@ class RunConfig:
     top_k: int = 5
     saliency_loss: Literal["gold", "predicted"] = "gold"
     saliency_gradient: Literal["pattern", "scores"] = "pattern"
+    # "recompute": each block re-run in the saliency backward (long contexts); equal results.
+    saliency_memory: Literal["keep", "recompute"] = "keep"
     seed_aggregation: Literal["per_seed", "pooled"] = "per_seed"
     isolation_layer_counts: tuple[int, ...] | None = None
     isolation_mode: Literal["renormalise", "zero"] = "renormalise"

@@ -58,6 +58,7 @@ def _run_null(run: RunContext, plan: dict[str, Any]) -> dict[str, Any]:
         prompts = run.prompt_sets("per_example")[name]
         result = run_saliency(null, prompts, loss=run.config.saliency_loss,
                               gradient=run.config.saliency_gradient,
+                              memory=run.config.saliency_memory,
                               batch_size=run.config.batch_size, label_token_policy=run.policy,
                               prepend_bos=bos, progress=False)  # fmt: skip
         result.save(folder / "saliency" / name)

@@ -109,7 +109,7 @@ def _saliency(run: RunContext) -> dict[str, Any]:
     parts = _parts(run, "per_example", lambda _, __, prompts: run_saliency(
         run.model, prompts, loss=run.config.saliency_loss,
         gradient=run.config.saliency_gradient, batch_size=run.config.batch_size,
-        label_token_policy=run.policy, progress=run.progress,
+        memory=run.config.saliency_memory, label_token_policy=run.policy, progress=run.progress,
     ))  # fmt: skip
     if parts is None:
         return {}

@@ -9,8 +9,10 @@ gauge-invariant variant that uses the gradient w.r.t. the pre-softmax scores,
 folded into the output bias (see TL_NOTES).
 
 One forward and one backward pass per batch. The gradient graph starts at layer 0's
-pattern (a leaf that requires grad) and parameters are frozen, so no parameter gradient is
-ever computed. Each backward hook reduces its layer at once to sums over the fine edge
+pattern (made to require grad through a scalar leaf) and parameters are frozen, so no parameter
+gradient is ever computed. With ``memory="recompute"`` the blocks are re-run in the backward
+(:mod:`anchor_flow.models.recompute`) and a layer's pattern is kept only from its recompute
+to its backward hook. Each backward hook reduces its layer at once to sums over the fine edge
 groups of :mod:`anchor_flow.analysis.edges`; full ``[layer, batch, head, pos, pos]`` tensors are
 only kept when per-head maps are asked for.
 
@@ -32,12 +34,14 @@ from torch import Tensor
 from anchor_flow.analysis.edges import FINE_GROUPS
 from anchor_flow.errors import AnchorFlowError, DeadAttentionHooksError
 from anchor_flow.icl.roles import PromptBatch
+from anchor_flow.models.recompute import recomputing
 from anchor_flow.models.tl_adapter import adapt
 
 __all__ = [
     "BatchHooks",
     "Gradient",
     "HeadReduction",
+    "Memory",
     "Metric",
     "SaliencyHooks",
     "label_logits",
@@ -49,6 +53,7 @@ Metric = Callable[[Float[Tensor, "batch d_vocab"], PromptBatch], Float[Tensor, "
 
 Gradient = Literal["pattern", "scores"]
 HeadReduction = Literal["sum_then_abs", "abs_then_sum"]
+Memory = Literal["keep", "recompute"]
 HookList = list[tuple[str, Callable[..., Any]]]
 BatchHooks = Callable[[Tensor, PromptBatch], Sequence[tuple[Any, Callable[..., Any]]]]
 
@@ -102,6 +107,31 @@ class SaliencyHooks:
             )
 
 
+class _GraphStart(torch.autograd.Function):
+    """Identity on a pattern whose output requires grad through a scalar leaf.
+
+    A leaf pattern (``detach().requires_grad_()``) would be kept by its AccumulateGrad node
+    until the backward ends: one layer's patterns alive for nothing with memory="recompute".
+    """
+
+    @staticmethod
+    def forward(ctx: Any, pattern: Tensor, anchor: Tensor) -> Tensor:
+        return pattern.view_as(pattern)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, None]:
+        return None, None
+
+
+REDUCE_CHUNK_BYTES = 2**28
+"""Float32 bytes of ``[batch, heads, pos, pos]`` the backward hook reduces at once (256 MiB)."""
+
+
+def _head_chunks(n_heads: int, bytes_per_head: int) -> list[slice]:
+    step = max(1, min(n_heads, REDUCE_CHUNK_BYTES // max(1, bytes_per_head)))
+    return [slice(start, min(start + step, n_heads)) for start in range(0, n_heads, step)]
+
+
 def saliency_hooks(
     model: Any,
     groups: Int[Tensor, "batch pos pos"],
@@ -110,6 +140,7 @@ def saliency_hooks(
     head_reduction: HeadReduction = "sum_then_abs",
     keep_maps: bool = False,
     keep_head_maps: bool = False,
+    memory: Memory = "keep",
 ) -> SaliencyHooks:
     """Hook factory: per-layer saliency reduced to fine edge groups inside the hooks.
 
@@ -124,6 +155,10 @@ def saliency_hooks(
         head_reduction: ``"sum_then_abs"`` (Eq. 1) or ``"abs_then_sum"`` (footnote).
         keep_maps: also keep ``[batch, layer, pos, pos]`` maps (for heatmaps).
         keep_head_maps: also keep per-head ``|A ⊙ G|`` (memory: layer x head x pos²).
+        memory: ``"keep"`` (each layer's pattern is kept from the forward until its backward
+            hook) or ``"recompute"`` (kept only while
+            :func:`~anchor_flow.models.recompute.recompute_blocks` re-runs its block in the
+            backward: run the forward and backward inside that context).
     """
     if gradient not in ("pattern", "scores"):
         raise AnchorFlowError(f"gradient={gradient!r}; expected 'pattern' or 'scores'")
@@ -131,6 +166,8 @@ def saliency_hooks(
         raise AnchorFlowError(
             f"head_reduction={head_reduction!r}; expected 'sum_then_abs' or 'abs_then_sum'"
         )
+    if memory not in ("keep", "recompute"):
+        raise AnchorFlowError(f"memory={memory!r}; expected 'keep' or 'recompute'")
     adapter = adapt(model)
     n_batch, n_pos = groups.shape[0], groups.shape[1]
     n_groups = len(FINE_GROUPS)
@@ -139,7 +176,9 @@ def saliency_hooks(
     flat_groups = (groups + 1).reshape(n_batch, -1)
     groups_on: dict[torch.device, Tensor] = {device: flat_groups}
     text_groups = [g for g, name in enumerate(FINE_GROUPS) if " <- text" in name]
-    text_edges = torch.isin(groups, torch.tensor(text_groups, device=device)).float()
+    # Boolean (1 byte per edge): with the int64 index, the [batch, pos, pos] tensors kept for
+    # the whole pass (at long contexts their bytes rival a layer's patterns).
+    text_edges = torch.isin(groups, torch.tensor(text_groups, device=device))
     recorder = SaliencyHooks(
         fwd_hooks=[],
         bwd_hooks=[],
@@ -170,23 +209,42 @@ def saliency_hooks(
     )
 
     def start_graph(pattern: Tensor, hook: Any) -> Tensor:
-        # Layer 0's pattern becomes the graph's only leaf: nothing upstream needs gradients.
-        return pattern.detach().requires_grad_(True)
+        # The graph starts at layer 0's pattern: nothing upstream needs gradients.
+        anchor = torch.ones((), device=pattern.device, requires_grad=True)
+        return _GraphStart.apply(pattern.detach(), anchor)
 
     def remember(pattern: Tensor, hook: Any) -> None:
-        recorder._patterns[adapter.layer_of_hook(hook.name)] = pattern
+        # With memory="recompute" the forward's pattern is dropped: the backward re-runs the
+        # block and this hook keeps the recomputed (equal) pattern until reduce frees it.
+        if memory == "keep" or recomputing():
+            recorder._patterns[adapter.layer_of_hook(hook.name)] = pattern
 
     def reduce(grad: Tensor, hook: Any) -> None:
         layer = adapter.layer_of_hook(hook.name)
-        pattern = recorder._patterns.pop(layer).float()
-        grad = grad.float()
-        contribution = pattern * grad
-        if gradient == "scores":
-            contribution = contribution - pattern * contribution.sum(-1, keepdim=True)
+        if layer not in recorder._patterns:
+            raise AnchorFlowError(
+                f"memory='recompute': layer {layer}'s block was not recomputed in the backward; "
+                "run the forward and backward inside anchor_flow.models.recompute."
+                "recompute_blocks(model), or use memory='keep'"
+            )
+        pattern = recorder._patterns.pop(layer)
+        saliency = torch.zeros(n_batch, n_pos, n_pos, device=grad.device, dtype=torch.float32)
+        # A few heads at a time: float32 copies of a whole layer's pattern and gradient would
+        # be 3-4x the layer's bf16 pattern at long contexts. One chunk below the budget.
+        for heads in _head_chunks(adapter.n_heads, n_batch * n_pos * n_pos * 4):
+            part = pattern[:, heads].float()
+            contribution = part * grad[:, heads].float()
+            if gradient == "scores":
+                contribution = contribution - part * contribution.sum(-1, keepdim=True)
+            if head_reduction == "sum_then_abs":
+                saliency += contribution.sum(1)
+            else:
+                saliency += contribution.abs().sum(1)
+            if recorder.head_maps is not None:
+                recorder.head_maps[:, layer, heads] = contribution.abs().to(device)
+        del pattern, part, contribution
         if head_reduction == "sum_then_abs":
-            saliency = contribution.sum(1).abs()
-        else:
-            saliency = contribution.abs().sum(1)
+            saliency = saliency.abs()
         # Reduce where the layer lives (a split model), then move the small result to the one
         # accumulation device.
         here = saliency.device
@@ -199,8 +257,6 @@ def saliency_hooks(
             recorder.text_row_sums[:, layer] = (saliency * text_edges.to(here)).sum(-1).to(device)
         if recorder.maps is not None:
             recorder.maps[:, layer] = saliency.to(device)
-        if recorder.head_maps is not None:
-            recorder.head_maps[:, layer] = contribution.abs().to(device)
         recorder.layers_seen.add(layer)
 
     names = [adapter.pattern_hook_name(layer) for layer in range(adapter.n_layers)]

@@ -10,6 +10,7 @@ aggregating flows (:mod:`anchor_flow.analysis.flows`), plotting.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from anchor_flow.analysis.saliency.hooks import (
     BatchHooks,
     Gradient,
     HeadReduction,
+    Memory,
     Metric,
     label_logits,
     saliency_hooks,
@@ -36,6 +38,7 @@ from anchor_flow.icl.prompts import ICLPrompt, tokenize_prompts
 from anchor_flow.icl.roles import PromptBatch
 from anchor_flow.models.bos import checkpoint_prepends_bos
 from anchor_flow.models.guards import check_attention_hooks_live, frozen
+from anchor_flow.models.recompute import recompute_blocks
 from anchor_flow.models.tl_adapter import ModelAdapter, adapt
 
 __all__ = ["run_saliency"]
@@ -83,12 +86,19 @@ def _saliency_of_batch(
     head_reduction: HeadReduction,
     keep_maps: bool,
     keep_head_maps: bool,
+    memory: Memory,
     extra_hooks: Sequence[tuple[Any, Callable[..., Any]]],
 ) -> _BatchOutput:
     device = adapter.device
     # The [batch, pos, pos] edge groups and their counts are built where the model runs: on
     # the CPU they took ~0.3 s per batch of 8 at T=512 (issue 18), serialised with a GPU.
     groups = edge_groups(_on_device(batch, device))
+    counts = torch.zeros(len(batch), len(FINE_GROUPS) + 1, dtype=torch.float64, device=device)
+    counts.scatter_add_(
+        1,
+        (groups + 1).reshape(len(batch), -1),
+        torch.ones(len(batch), groups[0].numel(), dtype=torch.float64, device=device),
+    )
     recorder = saliency_hooks(
         adapter,
         groups,
@@ -96,10 +106,17 @@ def _saliency_of_batch(
         head_reduction=head_reduction,
         keep_maps=keep_maps,
         keep_head_maps=keep_head_maps,
+        memory=memory,
     )
+    del groups  # the hooks keep their own index; [batch, pos, pos] int64 is large at long T
     start, *remember = recorder.fwd_hooks
     fwd_hooks = [start, *extra_hooks, *remember]
-    with adapter.hooks(fwd_hooks=fwd_hooks, bwd_hooks=recorder.bwd_hooks), torch.enable_grad():
+    recompute = recompute_blocks(adapter) if memory == "recompute" else contextlib.nullcontext()
+    with (
+        recompute,
+        adapter.hooks(fwd_hooks=fwd_hooks, bwd_hooks=recorder.bwd_hooks),
+        torch.enable_grad(),
+    ):
         final = adapter.final_logits(batch.tokens.to(device), batch.target_position.to(device))
         value = _batch_loss(final, batch, loss, metric)
         with warnings.catch_warnings():
@@ -107,12 +124,6 @@ def _saliency_of_batch(
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             value.backward()
     recorder.check_complete(adapter.n_layers)
-    counts = torch.zeros(len(batch), len(FINE_GROUPS) + 1, dtype=torch.float64, device=device)
-    counts.scatter_add_(
-        1,
-        (groups + 1).reshape(len(batch), -1),
-        torch.ones(len(batch), groups[0].numel(), dtype=torch.float64, device=device),
-    )
     probs = label_logits(final.detach(), batch).float().softmax(-1)
     return _BatchOutput(
         group_sums=recorder.group_sums.cpu(),
@@ -151,6 +162,7 @@ def run_saliency(
     batch_size: int = 8,
     keep_maps: bool = False,
     keep_head_maps: bool = False,
+    memory: Memory = "keep",
     label_token_policy: Literal["single", "first", "all"] = "single",
     prepend_bos: bool | None = None,
     extra_hooks: Sequence[tuple[Any, Callable[..., Any]]] = (),
@@ -178,6 +190,11 @@ def run_saliency(
         batch_size: prompts per forward/backward pass; results do not depend on it.
         keep_maps: keep ``[prompt, layer, pos, pos]`` maps (heatmaps).
         keep_head_maps: keep per-head maps too (large).
+        memory: ``"keep"`` (every layer's attention pattern stays alive from the forward to
+            the backward: ``layer x head x pos²`` per prompt) or ``"recompute"`` (each block's
+            forward is re-run in the backward, see
+            :func:`~anchor_flow.models.recompute.recompute_blocks`: about one layer's patterns
+            alive at a time, for about one more forward pass). Results are equal.
         label_token_policy: how multi-token label words are handled (see
             :func:`anchor_flow.icl.prompts.tokenize_prompts`).
         prepend_bos: force a BOS token on or off (default: what the tokenizer does).
@@ -190,6 +207,8 @@ def run_saliency(
     """
     if batch_size < 1:
         raise AnchorFlowError(f"batch_size={batch_size!r}; expected a positive integer")
+    if memory not in ("keep", "recompute"):
+        raise AnchorFlowError(f"memory={memory!r}; expected 'keep' or 'recompute'")
     adapter = adapt(model)
     check_attention_hooks_live(adapter)
     if isinstance(prompts, PromptBatch):
@@ -223,6 +242,7 @@ def run_saliency(
                 head_reduction=head_reduction,
                 keep_maps=keep_maps,
                 keep_head_maps=keep_head_maps,
+                memory=memory,
                 extra_hooks=hooks,
             )
             outputs.append((rows, out))
