@@ -229,6 +229,8 @@ def test_a_second_run_on_the_same_folder_is_refused_at_once(inputs, tmp_path, ca
             "--device 'cuda",
         ),
         (["--n-examples", "4", "--shots-per-class", "9"], "shots"),
+        (["--experiments", "diagnosis", "--n-components", "9"], "diagnosis: n_components=9"),
+        (["--n-components", "0"], "--n-components"),
     ],
 )
 def test_bad_input_is_refused_before_the_folder_exists(

@@ -54,6 +54,7 @@ def add_parsers(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     run.add_argument("--top-trials", type=int, default=20, help="Hidden_random-top sets (20)")
     add_compression_options(run, "--compression-engine")
     run.add_argument("--epochs", type=int, default=10, help="re-weighting epochs (10)")
+    run.add_argument("--n-components", type=int, default=10, help="diagnosis: PCA's M (paper: 10)")
     run.add_argument(
         "--seed-aggregation", choices=["per_seed", "pooled"], default="per_seed",
         help="saliency flows: normalise each seed's mean, then average (the paper's; default) "
@@ -83,7 +84,7 @@ def run_run_command(args: argparse.Namespace) -> None:
     from anchor_flow.run.config import RunConfig
     from anchor_flow.run.distributed import start_ranks, stop_ranks
 
-    for option in ("top_trials", "epochs"):
+    for option in ("top_trials", "epochs", "n_components"):
         positive("--" + option.replace("_", "-"), getattr(args, option))
     n_examples = args.n_examples
     if n_examples is None:
@@ -97,9 +98,9 @@ def run_run_command(args: argparse.Namespace) -> None:
         data_dir=None if args.data_dir is None else str(args.data_dir),
         batch_size=args.batch_size, experiments=tuple(args.experiments),
         top_trials=args.top_trials, reweighting_epochs=args.epochs,
-        position_policy=args.position_policy, compression_engine=args.compression_engine,
-        device_map=args.device_map, saliency_memory=args.saliency_memory,
-        null_model=args.null_model,
+        n_components=args.n_components, position_policy=args.position_policy,
+        compression_engine=args.compression_engine, device_map=args.device_map,
+        saliency_memory=args.saliency_memory, null_model=args.null_model,
     )  # fmt: skip
     out = args.out or Path("results") / f"{_folder_name(args.model)}-{_folder_name(args.task)}"
     ranks = start_ranks()  # one process, or this rank of torchrun / accelerate launch

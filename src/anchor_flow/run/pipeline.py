@@ -282,6 +282,21 @@ def _resolve_inputs(context: RunContext, say: Callable[[str], None]) -> None:
     for scheme in ("per_example", "fixed"):
         if scheme in {_SCHEMES[name] for name in config.experiments}:
             context.prompt_sets(scheme)  # label words, class counts, prompt lengths
+    if "diagnosis" in config.experiments:
+        _check_components(context)
+
+
+def _check_components(context: RunContext) -> None:
+    """Diagnosis' PCA needs n_components <= min(prompts per seed, d_model) (else it fails last)."""
+    config = context.config
+    for name, prompts in context.prompt_sets("fixed").items():
+        limit = min(len(prompts), context.adapter.d_model)
+        if not 1 <= config.n_components <= limit:
+            raise AnchorFlowError(
+                f"diagnosis: n_components={config.n_components} but {name} has {len(prompts)} "
+                f"prompts (d_model {context.adapter.d_model}); expected at most {limit}: "
+                "more examples (--n-examples) or fewer components (--n-components)"
+            )
 
 
 def _run_steps(
