@@ -34,13 +34,19 @@ sys.meta_path.insert(0, _SlowTorch())
 """
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupted_while_importing(command: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     marker = tmp_path / "importing"
     (tmp_path / "sitecustomize.py").write_text(SLOW_TORCH.format(marker=str(marker)))
     source = str(Path(anchor_flow.__file__).parents[1])  # this checkout's package first
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), source])}
+    # A shell's background job (e.g. CI started with &) ignores SIGINT, and so would the child:
+    # give it the default disposition, as a terminal's foreground command has.
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)  # fmt: skip
+                               text=True, preexec_fn=_default_sigint)  # fmt: skip
     deadline = time.monotonic() + 120
     while not marker.exists():
         assert process.poll() is None, process.communicate()

@@ -42,6 +42,8 @@ def _run_in_child(model, out: Path) -> int:
     pid = os.fork()
     if pid == 0:  # the child: run, then leave without pytest's cleanup
         code = 1
+        # SIGINT raises KeyboardInterrupt even where pytest runs as a background job (ignored).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             torch.set_num_threads(1)
             run_experiments(model, out, CONFIG, progress=False)
