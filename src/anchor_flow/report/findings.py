@@ -27,6 +27,7 @@ from anchor_flow.analysis.saliency.result import SaliencyResult
 from anchor_flow.report.figures.analysis import AUC_COLOUR
 from anchor_flow.report.figures.saliency import FLOW_COLOURS
 from anchor_flow.report.html import ReportSection
+from anchor_flow.results.runs import run_folders
 
 __all__ = [
     "NULL_SENTENCE",
@@ -153,8 +154,8 @@ def plot_null_comparison(
 def load_null_results(directory: str | Path) -> tuple[list[SaliencyResult], DeepResult | None]:
     """The null model's saliency results (one per seed) and deep result, or ``[]`` / None."""
     folder = Path(directory) / "null_model"
-    saliency = [SaliencyResult.load(meta.parent)
-                for meta in sorted((folder / "saliency").glob("*/saliency_meta.json"))]  # fmt: skip
+    saliency = [SaliencyResult.load(run)
+                for run in run_folders(folder / "saliency", "saliency_meta.json")]  # fmt: skip
     deep = DeepResult.load(folder / "deep") if (folder / "deep").is_dir() else None
     return saliency, deep
 

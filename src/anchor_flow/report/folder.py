@@ -31,6 +31,7 @@ from anchor_flow.report.sections import (
     saliency_report_sections,
 )
 from anchor_flow.results.record import load_run
+from anchor_flow.results.runs import run_folders
 
 __all__ = ["render_results_folder", "write_saliency_report"]
 
@@ -175,7 +176,7 @@ def _memo(
 def _saliency_part(directory: Path, flow: InformationFlow) -> Part:
     # Raw results: saliency/ or saliency/<run>/ (one per seed). The role-to-role matrix
     # pools them all, as the flows do; the heatmaps use the first (its maps only).
-    runs = sorted(meta.parent for meta in (directory / "saliency").rglob("saliency_meta.json"))
+    runs = run_folders(directory / "saliency", "saliency_meta.json")
     per_seed = [SaliencyResult.load(run, maps=index == 0) for index, run in enumerate(runs)]
     return saliency_report_sections(flow, per_seed), [("saliency ", flow.settings)]
 

@@ -15,6 +15,7 @@ Deliberately not here: what a result measures (each experiment's module), statis
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -26,7 +27,31 @@ from anchor_flow.errors import AnchorFlowError
 from anchor_flow.results.files import StoredResult
 from anchor_flow.results.stats import RunMeans, run_means
 
-__all__ = ["PooledResult"]
+__all__ = ["PooledResult", "run_folders"]
+
+
+def run_folders(folder: Any, meta: str) -> list[Any]:
+    """The run folders under ``folder`` holding ``meta`` (``folder`` itself first when it holds
+    one), in seed order: ``seed-42`` before ``seed-100``; names without a number last, by name.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> for name in ("seed-100", "seed-42"):
+        ...     (root / name).mkdir(); (root / name / "m.json").write_text("{}")
+        2
+        2
+        >>> [p.name for p in run_folders(root, "m.json")]
+        ['seed-42', 'seed-100']
+    """
+
+    def order(path: Any) -> tuple[int, int, str]:
+        number = re.search(r"(\d+)$", path.name)
+        return (0, int(number.group(1)), path.name) if number else (1, 0, path.name)
+
+    own = [folder] if (folder / meta).is_file() else []
+    return own + sorted((m.parent for m in folder.glob(f"*/{meta}")), key=order)
+
 
 PooledT = TypeVar("PooledT", bound="PooledResult")
 

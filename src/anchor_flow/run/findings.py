@@ -16,6 +16,7 @@ import logging
 import shutil
 from typing import Any
 
+from anchor_flow.results.runs import run_folders
 from anchor_flow.run.steps import RunContext
 
 __all__ = ["NULL_FILES", "update_findings"]
@@ -92,8 +93,8 @@ def update_findings(run: RunContext, record: dict[str, Any]) -> dict[str, Any]:
             null = _run_null(run, null)
     found: list[Any] = []
     if _complete(record, "saliency"):
-        results = [SaliencyResult.load(meta.parent)
-                   for meta in sorted((out / "saliency").glob("*/saliency_meta.json"))]  # fmt: skip
+        results = [SaliencyResult.load(run)
+                   for run in run_folders(out / "saliency", "saliency_meta.json")]  # fmt: skip
         found += [claims.shallow_aggregation(results, layers.shallow),
                   claims.deep_reading(results, layers.deep)]  # fmt: skip
     if _complete(record, "isolation"):
