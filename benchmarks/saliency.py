@@ -56,6 +56,7 @@ def build_model(tl_class: str, device: str, shape: str = "small", llama_layers: 
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     from anchor_flow.models.loading import from_hf_model
+    from anchor_flow.testbeds.toy import build_toy_tokenizer
 
     torch.manual_seed(0)
     family, layers, width, heads, mlp, vocab = SHAPES[shape]
@@ -74,7 +75,9 @@ def build_model(tl_class: str, device: str, shape: str = "small", llama_layers: 
         cls = LlamaForCausalLM
     with torch.device(device):  # initialised where it runs: seconds, not minutes, for XL
         hf_model = cls(config).to(getattr(torch, dtype)).eval()
-    return from_hf_model(hf_model, None, tl_class=tl_class).to(device)
+    # HookedTransformer needs some tokenizer offline (TL 3.9 fetches one from the hub
+    # otherwise); the batches are token ids, so any tokenizer serves.
+    return from_hf_model(hf_model, build_toy_tokenizer(), tl_class=tl_class).to(device)
 
 
 def synthetic_batch(length: int, batch: int, vocab: int):
