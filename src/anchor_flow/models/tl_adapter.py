@@ -150,7 +150,11 @@ class ModelAdapter:
         self, tokens: Int[Tensor, "batch pos"], attention_mask: Tensor | None = None
     ) -> Float[Tensor, "batch pos d_vocab"]:
         """Logits at every position (hooks active in an enclosing :meth:`hooks` fire)."""
-        return self.model(tokens, return_type="logits", attention_mask=attention_mask)
+        if self.kind == "hooked":
+            return self.model(tokens, return_type="logits", attention_mask=attention_mask)
+        # No key/value cache: nothing reads it (2·layers·batch·pos·d_model values for nothing).
+        return self.model(tokens, return_type="logits", attention_mask=attention_mask,
+                          use_cache=False)  # fmt: skip
 
     def final_logits(
         self,
