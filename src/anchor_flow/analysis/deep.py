@@ -65,11 +65,16 @@ def classifier_auc(
         return math.nan
     if len(kept) == 2:
         return roc_auc(scores[:, kept[1]].double(), predictions == kept[1])
-    sub = scores[:, kept].double()
+    return roc_auc_ovo(*_among_predicted(scores, predictions, kept))
+
+
+def _among_predicted(scores: Tensor, predictions: Tensor, kept: list[int]) -> tuple[Tensor, Tensor]:
+    """The scores ``[..., class]`` of the predicted classes ``kept`` as shares of their sum
+    (uniform where it is 0), and each prediction's index in ``kept``."""
+    sub = scores[..., kept].double()
     total = sub.sum(-1, keepdim=True)
     sub = torch.where(total > 0, sub / total, 1.0 / len(kept))
-    relabel = torch.tensor([kept.index(int(p)) for p in predictions])
-    return roc_auc_ovo(sub, relabel)
+    return sub, torch.tensor([kept.index(int(p)) for p in predictions])
 
 
 def cumulative_auc_ratio(auc: Float[Tensor, " layer"]) -> Float[Tensor, " layer"]:
@@ -91,10 +96,7 @@ def _auc_curve(scores: Tensor, predictions: Tensor) -> Tensor:
         return torch.full((scores.shape[1],), math.nan, dtype=torch.float64)
     if len(kept) == 2:
         return roc_auc_columns(scores[:, :, kept[1]].double(), predictions == kept[1])
-    sub = scores[:, :, kept].double()
-    total = sub.sum(-1, keepdim=True)
-    sub = torch.where(total > 0, sub / total, 1.0 / len(kept))
-    labels = torch.tensor([kept.index(int(p)) for p in predictions])
+    sub, labels = _among_predicted(scores, predictions, kept)
     curve, pairs = torch.zeros(scores.shape[1], dtype=torch.float64), 0
     for a in range(len(kept)):  # roc_auc_ovo's pairs, in its order
         for b in range(a + 1, len(kept)):

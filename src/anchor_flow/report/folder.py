@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,7 @@ def render_results_folder(directory: str | os.PathLike[str]) -> Path:
     sections = [*findings_sections(directory, record or {}), *sections]  # issue 16: first
     settings: dict[str, Any] = {} if record is None else _run_settings(record)
 
-    def add(names: tuple[str, ...], build: Any) -> None:
+    def add(names: tuple[str, ...], build: Callable[[], Part]) -> None:
         built, parts = _memo(directory, record, names, build)
         sections.extend(built)
         for prefix, extra in parts:
@@ -154,7 +155,10 @@ _MEMO: dict[str, Part] = {}  # a run renders after every experiment: build each 
 
 
 def _memo(
-    directory: Path, record: dict[str, Any] | None, names: tuple[str, ...], build: Any
+    directory: Path,
+    record: dict[str, Any] | None,
+    names: tuple[str, ...],
+    build: Callable[[], Part],
 ) -> Part:
     """``build()``, or what it returned for the same files of the same run in this process.
 
@@ -164,7 +168,7 @@ def _memo(
     entries = (record or {}).get("experiments", {})
     contents = [entries.get(name, {}).get("contents") for name in names]
     if record is None or contents[0] is None:
-        return build()  # type: ignore[no-any-return]
+        return build()
     key = json.dumps([str(directory.resolve()), names, contents], sort_keys=True, default=str)
     if key not in _MEMO:
         if len(_MEMO) >= 32:

@@ -164,25 +164,15 @@ def roc_auc(scores: Tensor, positive: Tensor) -> float:
             f"roc_auc expects scores [n] and positive [n]; got shapes {tuple(scores.shape)} "
             f"and {tuple(positive.shape)}"
         )
-    if not bool(torch.isfinite(scores).all()):
-        raise AnchorFlowError("roc_auc got a score that is NaN or infinite; expected finite scores")
-    positive = positive.bool()
-    n_pos = int(positive.sum())
-    n_neg = int(positive.shape[0]) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        raise AnchorFlowError(
-            f"roc_auc needs both classes; got {n_pos} positives and {n_neg} negatives"
-        )
-    rank_sum = float(_average_ranks(scores)[positive].sum())
-    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    return float(roc_auc_columns(scores[:, None], positive)[0])
 
 
 def roc_auc_columns(scores: Tensor, positive: Tensor) -> Tensor:
     """:func:`roc_auc` of every column of ``scores`` ``[n, m]`` at once, as float64 ``[m]``.
 
     Counts, for every (positive, negative) pair, a higher positive score as 1 and a tie as
-    1/2 (the Mann-Whitney U, the same integer-and-halves numerator as the rank sum), so each
-    value equals :func:`roc_auc` of its column exactly.
+    1/2 (the Mann-Whitney U, the rank sum's integer-and-halves numerator); :func:`roc_auc` is
+    its one-column case.
 
     Example:
         >>> scores = torch.tensor([[0.1, 1.0], [0.4, 1.0], [0.35, 1.0], [0.8, 1.0]])
