@@ -20,6 +20,8 @@ protocol (``--task``, ``--data-dir``, ``--seeds``, ``--n-examples``, ``--shots-p
 * ``anchor-flow diagnose`` — anchor distances vs real confusion (§3.3), writes
   ``diagnosis.json``, ``diagnosis.csv``, ``diagnosis/`` and ``report.html``;
 * ``anchor-flow report DIR`` — re-renders a results folder's report (all parts present);
+* ``anchor-flow compare DIR... --out FILE.html`` — several runs on one page (findings, flows
+  and AUCROC_l over relative depth, isolation, applications, anchor heads); runs no model;
 * ``anchor-flow prompts`` — writes a task's prompts as JSONL (what ``--prompts`` reads);
 * ``anchor-flow data`` — saves a task's hub data as a local folder for offline use.
 
@@ -41,7 +43,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from anchor_flow.cli import applications, compression, core, experiments, run, validate
+from anchor_flow.cli import (
+    applications,
+    compare,
+    compression,
+    core,
+    experiments,
+    run,
+    validate,
+)
 from anchor_flow.cli.common import check_counts, model_options, task_options
 
 __all__ = ["main"]
@@ -114,6 +124,8 @@ def _parser() -> argparse.ArgumentParser:
         "directory", type=Path, help="folder written by `anchor-flow saliency/isolation/deep`"
     )
 
+    compare.add_parsers(commands)
+
     prompts = commands.add_parser(
         "prompts", parents=[task], help="write a task's prompts as JSONL (one seed)"
     )
@@ -141,6 +153,7 @@ _COMMANDS = {
     "compress": compression.run_compress_command,
     "run": run.run_run_command,
     "report": core.run_report_command,
+    "compare": compare.run_compare_command,
     "prompts": core.run_prompts_command,
     "data": core.run_data_command,
 }
