@@ -102,6 +102,15 @@ try:
         task_names,
     )
     from anchor_flow.models.loading import from_hf_model, load_model
+    from anchor_flow.report.compare import (
+        RunComparison,
+        compare_runs,
+        plot_compare_auc,
+        plot_compare_flows,
+        plot_compare_heads,
+        plot_compare_isolation,
+        write_comparison,
+    )
     from anchor_flow.report.figures.analysis import plot_deep, plot_flows_with_auc, plot_isolation
     from anchor_flow.report.figures.applications import (
         plot_betas,
@@ -154,6 +163,7 @@ __all__ = [
     "ResultsError",
     "ReweightingResult",
     "Role",
+    "RunComparison",
     "RunConfig",
     "SaliencyResult",
     "SamplingError",
@@ -169,6 +179,7 @@ __all__ = [
     "block_edges_hooks",
     "blocking_hooks",
     "build_prompts",
+    "compare_runs",
     "compress_context",
     "compressed_final_logits",
     "compressed_logits",
@@ -193,6 +204,10 @@ __all__ = [
     "paper_edge_masks",
     "per_example_demonstrations",
     "plot_betas",
+    "plot_compare_auc",
+    "plot_compare_flows",
+    "plot_compare_heads",
+    "plot_compare_isolation",
     "plot_compression",
     "plot_confusion",
     "plot_confusion_correlation",
@@ -231,5 +246,6 @@ __all__ = [
     "tokenize_prompts",
     "toy_prompts",
     "word_loyalty",
+    "write_comparison",
     "write_report",
 ]

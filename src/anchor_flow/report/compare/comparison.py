@@ -131,7 +131,7 @@ class RunComparison:
         ])  # fmt: skip
         wide = text.pivot_table(index=["application", "quantity"], columns="run",
                                 values="cell", aggfunc="first", sort=False)  # fmt: skip
-        wide = wide.reindex(columns=self.labels).fillna("—")
+        wide = wide.reindex(columns=self.labels).astype(object).fillna("—")
         return wide.reset_index().rename_axis(columns=None)
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
