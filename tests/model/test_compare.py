@@ -184,12 +184,17 @@ def test_settings_that_differ_and_findings_matrix(runs: dict[str, Path]) -> None
     assert differ.loc["model n_layers"].tolist() == ["6", "2", "2"]
     assert differ.loc["task"].tolist() == ["demo-k3", "synthetic-k3", "synthetic-k3"]
     assert differ.loc["null_model"].tolist() == ["auto", "auto", "none"]
-    assert "seeds" not in differ.index and comparison.shared_settings["seeds"] == [42]
+    assert "seeds" not in differ.index
+    assert comparison.shared_settings["seeds"] == [42]
     matrix = comparison.findings_matrix().set_index("claim")
     # Null models beside their runs; the formatting run has none (null_model='none').
     assert list(matrix.columns) == [
-        "demo · demo-k3", "demo · demo-k3 · null model", "planted-anchor · synthetic-k3",
-        "planted-anchor · synthetic-k3 · null model", "planted-formatting · synthetic-k3"]
+        "demo · demo-k3",
+        "demo · demo-k3 · null model",
+        "planted-anchor · synthetic-k3",
+        "planted-anchor · synthetic-k3 · null model",
+        "planted-formatting · synthetic-k3",
+    ]
     record = json.loads((runs["anchor"] / "results.json").read_text())
     c1 = next(f for f in record["findings"] if f["claim"] == "C1" and f["subject"] == "model")
     cell = matrix.filter(like="C1:", axis=0)["planted-anchor · synthetic-k3"].item()
@@ -210,8 +215,16 @@ def test_what_is_missing_is_named(runs: dict[str, Path], tmp_path: Path) -> None
         record["model"].pop("n_layers")
 
     def add_claim(record: dict[str, Any]) -> None:  # a claim and keys of a later version
-        record["findings"].append({"claim": "A1", "subject": "model", "verdict": "holds",
-                                   "value": 0.1, "interval": [0.05, 0.2], "reason": "why"})
+        record["findings"].append(
+            {
+                "claim": "A1",
+                "subject": "model",
+                "verdict": "holds",
+                "value": 0.1,
+                "interval": [0.05, 0.2],
+                "reason": "why",
+            }
+        )
 
     failed = _copy(runs["anchor"], tmp_path / "failed", fail_deep)
     old = _copy(runs["formatting"], tmp_path / "old", older)
@@ -228,7 +241,8 @@ def test_what_is_missing_is_named(runs: dict[str, Path], tmp_path: Path) -> None
     assert "no findings" in missing[o, "findings"]
     assert missing[o, "model"].startswith("results.json records no n_layers; 2 read from")
     assert missing[lk, "saliency"] == "flows.csv missing although the experiment is complete"
-    assert comparison.deep.query("run == @f").empty and comparison.flows.query("run == @lk").empty
+    assert comparison.deep.query("run == @f").empty
+    assert comparison.flows.query("run == @lk").empty
     assert set(comparison.deep.query("run == @o")["depth"]) == {0.0, 1.0}  # inferred 2 layers
     matrix = comparison.findings_matrix().set_index("claim")
     assert matrix.loc["A1", lk].startswith("holds: 0.1 [0.05, 0.2]")
@@ -269,7 +283,8 @@ def test_save_load_and_frozen(runs: dict[str, Path], tmp_path: Path) -> None:
 def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("anchor-flow: error: "), err
+    assert err.count("\n") == 1, err
+    assert err.startswith("anchor-flow: error: "), err
     return err
 
 
@@ -337,8 +352,14 @@ def test_page_renders_every_figure_in_a_browser(
     assert main(argv) == 0
     assert capsys.readouterr().out.strip().endswith(f"wrote {out}")
     page = out.read_text()
-    for text in ("Settings that differ", "What is missing", "no heads experiment",
-                 "Findings: claims x runs", "relative depth", "Applications: headline numbers"):
+    for text in (
+        "Settings that differ",
+        "What is missing",
+        "no heads experiment",
+        "Findings: claims x runs",
+        "relative depth",
+        "Applications: headline numbers",
+    ):
         assert text in page, text  # fmt: skip
     declared, drawn, errors = _rendered(out, tmp_path / "profile")
     assert errors == ""
