@@ -31,7 +31,9 @@ from anchor_flow import (
     plot_compare_auc,
     plot_compare_flows,
     plot_compare_heads,
+    plot_compare_isolation,
     run_experiments,
+    write_comparison,
 )
 from anchor_flow.cli import main
 from anchor_flow.errors import ResultsError
@@ -365,3 +367,17 @@ def test_page_renders_every_figure_in_a_browser(
     assert errors == ""
     assert declared == drawn == 4  # flows, AUCROC_l, isolation, anchor heads
     assert main(argv) == 0  # its own page may be overwritten
+
+
+def test_a_single_run_with_two_experiments(runs: dict[str, Path], tmp_path: Path) -> None:
+    """planted-formatting ran saliency and deep only: every part of the page still renders,
+    the absent ones say so (this once raised KeyError: 'ci_low' in the isolation figure)."""
+    comparison = compare_runs([runs["formatting"]])
+    isolation = plot_compare_isolation(comparison).to_dict()
+    assert isolation["data"] == []
+    assert isolation["layout"]["annotations"][0]["text"] == "no run holds isolation.csv"
+    heads = plot_compare_heads(comparison).to_dict()
+    assert heads["layout"]["annotations"][-1]["text"] == "no heads experiment"
+    page = write_comparison(comparison, tmp_path / "one.html").read_text()
+    assert 'name="anchor-flow-figures" content="3"' in page
+    assert "no heads experiment" in page

@@ -251,11 +251,14 @@ def compare_runs(paths: Sequence[str | os.PathLike[str]]) -> RunComparison:
     columns = {"missing": ("run", "experiment", "what"),
                "findings": (*KEYS, "claim", "claim_title", "subject", "verdict", "value",
                             "ci_low", "ci_high"),
-               "flows": (*KEYS, "n_layers", "layer", "depth", "flow", "normalised"),
+               "flows": (*KEYS, "n_layers", "layer", "depth", "flow", "normalised",
+                         "normalised_ci_low", "normalised_ci_high"),
                "deep": (*KEYS, "n_layers", "layer", "depth", "auc_roc", "ci_low", "ci_high"),
-               "isolation": (*KEYS, "control", "position", "isolated_layers", "metric", "mean"),
+               "isolation": (*KEYS, "control", "position", "depth_part", "isolated_layers",
+                             "metric", "mean", "ci_low", "ci_high", "shown"),
                "applications": (*KEYS, "application", "quantity", "mean", "ci_low", "ci_high"),
-               "heads": (*KEYS, "kind", "rank", "layer", "head", "depth", "share"),
+               "heads": (*KEYS, "kind", "rank", "layer", "head", "depth", "share", "ci_low",
+                         "ci_high"),
                "heads_causal": (*KEYS, "arm", "metric", "mean", "ci_low", "ci_high")}  # fmt: skip
     built = {name: _concat(parts, columns.get(name, ())) for name, parts in frames.items()}
     built["settings"] = settings

@@ -124,6 +124,8 @@ def plot_compare_isolation(comparison: RunComparison) -> go.Figure:
         counts = shown[shown["run"] == label]["isolated_layers"].tolist() if len(shown) else []
         if counts:
             names[label] = f"{label} (k={int(counts[0])})"
+    if not names:
+        return _empty(figure, "no run holds isolation.csv")
     for (control, part, arm), colour in zip(_ARMS, _ARM_COLOURS, strict=True):
         for col, metric in enumerate(metrics, start=1):
             rows = shown[(shown["control"] == control) & (shown["depth_part"] == part)
@@ -137,7 +139,7 @@ def plot_compare_isolation(comparison: RunComparison) -> go.Figure:
     figure.update_yaxes(title_text="loyalty (1 = unchanged)", range=[0, 1.05], row=1, col=1)
     figure.update_layout(template="plotly_white", height=460, barmode="group",
                          title="Isolating label words vs random rows (95% CI)")  # fmt: skip
-    return figure if names else _empty(figure, "no run holds isolation.csv")
+    return figure
 
 
 def plot_compare_heads(comparison: RunComparison) -> go.Figure:
