@@ -375,7 +375,7 @@ def test_a_single_run_with_two_experiments(runs: dict[str, Path], tmp_path: Path
     comparison = compare_runs([runs["formatting"]])
     isolation = plot_compare_isolation(comparison).to_dict()
     assert isolation["data"] == []
-    assert isolation["layout"]["annotations"][0]["text"] == "no run holds isolation.csv"
+    assert isolation["layout"]["annotations"][-1]["text"] == "no run holds isolation.csv"
     heads = plot_compare_heads(comparison).to_dict()
     assert heads["layout"]["annotations"][-1]["text"] == "no heads experiment"
     page = write_comparison(comparison, tmp_path / "one.html").read_text()
