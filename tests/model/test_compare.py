@@ -202,6 +202,11 @@ def test_settings_that_differ_and_findings_matrix(runs: dict[str, Path]) -> None
     cell = matrix.filter(like="C1:", axis=0)["planted-anchor · synthetic-k3"].item()
     assert cell.startswith(c1["verdict"] + ": ")
     assert f"[{c1['interval'][0]:.3g}, {c1['interval'][1]:.3g}]" in cell
+    missing = {(r.run, r.experiment): r.what for r in comparison.missing.itertuples()}
+    assert missing["planted-formatting · synthetic-k3", "null model"] == (
+        "switched off (null_model='none')")  # fmt: skip
+    assert missing["planted-formatting · synthetic-k3", "isolation"] == "not run"
+    assert ("demo · demo-k3", "null model") not in missing
     # C3 needs isolation: the formatting run did not run it.
     assert matrix.filter(like="C3:", axis=0)["planted-formatting · synthetic-k3"].item() == "—"
 
