@@ -132,9 +132,13 @@ def test_values_are_each_runs_own(runs: dict[str, Path]) -> None:
                                        " and depth_part == 'shallow' and metric == "
                                        "'label_loyalty'")  # fmt: skip
     assert shown["mean"].tolist() == [expected]
+    assert set(comparison.isolation.query("run == 'demo · demo-k3' and shown")[
+        "isolated_layers"]) == {1}  # fmt: skip
+    bars = plot_compare_isolation(comparison).to_dict()["data"]
+    assert "demo · demo-k3 (k=1)" in bars[0]["x"]
 
 
-def test_applications_headline_numbers(runs: dict[str, Path]) -> None:
+def test_applications_headline_numbers(runs: dict[str, Path], tmp_path: Path) -> None:
     comparison = compare_runs([runs["demo"], runs["anchor"]])
     apps = comparison.applications.set_index("quantity")
     demo = runs["demo"]
@@ -152,6 +156,14 @@ def test_applications_headline_numbers(runs: dict[str, Path]) -> None:
     spearman = json.loads((demo / "diagnosis.json").read_text())["spearman"]
     value = apps.loc["Spearman(predicted, real confusion)", "mean"]
     assert (pd.isna(value) and spearman["mean"] is None) or value == spearman["mean"]
+    # The gain's sign, on numbers set by hand (the small run's gain may well be 0).
+    edited = _copy(demo, tmp_path / "edited")
+    frame = pd.read_csv(edited / "reweighting.csv")
+    frame.loc[frame["condition"] == "re-weighted", "mean"] = 0.8
+    frame.loc[frame["condition"] == "vanilla 1-shot", "mean"] = 0.6
+    frame.to_csv(edited / "reweighting.csv", index=False)
+    gains = compare_runs([edited]).applications.set_index("quantity")["mean"]
+    assert gains["gain over vanilla 1-shot (difference of the means above)"] == pytest.approx(0.2)
     # planted-anchor ran no application: it has no row, and its column shows dashes.
     assert set(comparison.applications["run"]) == {"demo · demo-k3"}
     table = comparison.applications_table()
