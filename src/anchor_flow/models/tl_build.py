@@ -25,6 +25,7 @@ from typing import Any
 from torch import Tensor
 
 from anchor_flow.errors import ModelLoadError
+from anchor_flow.models.pattern_routing import route_patterns
 from anchor_flow.models.tl_adapter import adapt, hooked_transformer_class, tl_version
 
 __all__ = ["build_bridge", "build_hooked_transformer", "warn_if_value_biases_folded"]
@@ -107,7 +108,11 @@ def build_hooked_transformer(
 
 
 def build_bridge(hf_model: Any, tokenizer: Any, *, name: str) -> Any:
-    """A ``TransformerBridge`` around the Hugging Face model (wrapped in place, unprocessed)."""
+    """A ``TransformerBridge`` around the Hugging Face model (wrapped in place, unprocessed).
+
+    GPT-J, GPT-Neo and OPT get their attention probabilities routed through the bridge's
+    ``hook_pattern`` (:func:`anchor_flow.models.pattern_routing.route_patterns`).
+    """
     from transformer_lens.model_bridge.sources import build_bridge_from_module
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,6 +129,7 @@ def build_bridge(hf_model: Any, tokenizer: Any, *, name: str) -> Any:
             raise ModelLoadError(
                 f"TransformerBridge cannot wrap {name!r} ({_architecture(hf_model)}): {error}"
             ) from error
+    route_patterns(model)
     return model.eval()
 
 
