@@ -88,7 +88,7 @@ def _register_routed_attention() -> None:
     ALL_MASK_ATTENTION_FUNCTIONS.register(ROUTED_ATTENTION, eager_mask)
 
 
-def _attention_bridges(bridge: Any) -> list[tuple[Any, nn.Module]]:
+def _attention_bridges(bridge: Any) -> list[tuple[Any, Any]]:
     """Each block's attention bridge and the Hugging Face module it wraps."""
     found = []
     for block in getattr(bridge, "blocks", ()):
