@@ -25,12 +25,9 @@ from anchor_flow.models.tl_adapter import adapt
 from anchor_flow.testbeds.toy import toy_prompts
 from conftest import TL_CLASSES, assert_no_hooks
 
-pytestmark = [
-    pytest.mark.bridge,
-    pytest.mark.skipif(
-        "hooked" in TL_CLASSES, reason="the routing needs TransformerLens 4.x's bridge"
-    ),
-]
+pytestmark = pytest.mark.bridge
+TL4 = "hooked" not in TL_CLASSES
+needs_tl4 = pytest.mark.skipif(not TL4, reason="the routing needs TransformerLens 4.x's bridge")
 ARCHS = ["GPTJForCausalLM", "GPTNeoForCausalLM", "OPTForCausalLM"]
 TOKENS = torch.tensor([[3, 50, 70, 90, 11, 5, 42], [7, 8, 9, 10, 11, 12, 13]])
 
@@ -91,6 +88,7 @@ def hf_logits_attending_to_first_key(arch: str, layer: int) -> torch.Tensor:
         handle.remove()
 
 
+@needs_tl4
 @pytest.mark.parametrize("arch", ARCHS)
 def test_an_edit_at_hook_pattern_acts_like_the_same_pattern_in_hugging_face(
     arch: str, toy_tokenizer: Any
@@ -120,6 +118,7 @@ def test_an_edit_at_hook_pattern_acts_like_the_same_pattern_in_hugging_face(
     assert_no_hooks(model)
 
 
+@needs_tl4
 @pytest.mark.parametrize("arch", ARCHS)
 def test_the_pattern_hook_sees_the_probabilities_and_their_gradient(
     arch: str, toy_tokenizer: Any
@@ -152,6 +151,7 @@ def test_the_pattern_hook_sees_the_probabilities_and_their_gradient(
     assert_no_hooks(model)
 
 
+@needs_tl4
 @pytest.mark.parametrize("arch", ARCHS)
 def test_an_unrouted_bridge_is_refused_and_routing_makes_it_live(
     arch: str, toy_tokenizer: Any, monkeypatch: pytest.MonkeyPatch
@@ -173,11 +173,13 @@ def test_an_unrouted_bridge_is_refused_and_routing_makes_it_live(
     check_attention_hooks_live(model2)
 
 
+@needs_tl4
 def test_other_bridges_are_left_as_they_are(tl_model: Any) -> None:
     assert routed_family(tl_model) is None
     assert route_patterns(tl_model) is False
 
 
+@needs_tl4
 @pytest.mark.parametrize("arch", ARCHS)
 def test_compression_engines_agree_on_routed_bridges(arch: str, toy_tokenizer: Any) -> None:
     """The key/value cache, the attention-mask engine and the hook-free fast path."""
@@ -193,3 +195,15 @@ def test_compression_engines_agree_on_routed_bridges(arch: str, toy_tokenizer: A
         assert gap < 1e-5, (engine, float(gap))
     assert (results["cache"].label_probs - plain.label_probs).abs().max() > 1e-4
     assert_no_hooks(model)
+
+
+@pytest.mark.skipif(TL4, reason="TransformerLens 3.9's bridge only")
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tl39_bridge_is_not_routed_and_refused(arch: str, toy_tokenizer: Any) -> None:
+    """TL 3.9's AttentionBridge has no ``accepts_pattern_fn`` seam: it would fire the hook a
+    second time on the returned copy, so anchor_flow leaves it and the probe refuses it (TL
+    3.9's HookedTransformer runs these families: test_architecture_matrix.py)."""
+    model = from_hf_model(tiny_hf(arch), toy_tokenizer, tl_class="bridge")
+    assert route_patterns(model) is False
+    with pytest.raises(DeadAttentionHooksError, match="tl_class='hooked'"):
+        check_attention_hooks_live(model)
