@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+from anchor_flow.analysis.saliency.measure import run_saliency
 from anchor_flow.applications.compression.engines import run_compressed_icl
 from anchor_flow.errors import DeadAttentionHooksError
 from anchor_flow.icl.evaluation import run_icl
@@ -207,3 +208,18 @@ def test_tl39_bridge_is_not_routed_and_refused(arch: str, toy_tokenizer: Any) ->
     assert route_patterns(model) is False
     with pytest.raises(DeadAttentionHooksError, match="tl_class='hooked'"):
         check_attention_hooks_live(model)
+
+
+@needs_tl4
+@pytest.mark.parametrize("arch", ARCHS)
+def test_saliency_recompute_equals_keep_on_routed_bridges(arch: str, toy_tokenizer: Any) -> None:
+    """models.recompute checkpoints each block: the seam fires again in the recompute."""
+    torch.set_num_threads(1)
+    model = from_hf_model(tiny_hf(arch), toy_tokenizer, tl_class="bridge")
+    prompts = toy_prompts(3, seed=2)
+    keep = run_saliency(model, prompts, keep_maps=True, progress=False)
+    again = run_saliency(model, prompts, keep_maps=True, memory="recompute", progress=False)
+    assert keep.maps is not None
+    assert float(keep.maps.abs().max()) > 0
+    torch.testing.assert_close(again.maps, keep.maps, atol=1e-6, rtol=1e-5)
+    assert_no_hooks(model)
