@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from architecture_configs import FAMILIES
 
 from anchor_flow.analysis.saliency.measure import run_saliency
+from anchor_flow.errors import ModelLoadError
 from anchor_flow.icl.prompts import tokenize_prompts
 from anchor_flow.models.loading import load_model
 from anchor_flow.models.tl_adapter import adapt, hooked_transformer_class
@@ -30,7 +31,8 @@ from conftest import assert_no_hooks
 TL4 = hooked_transformer_class() is None
 # The TransformerLens 3.9 line: HookedTransformer for the families TL 3.9 converts, its
 # bridge for the others (TL 3.9's auto choice is HookedTransformer, which refuses them).
-HOOKED_39 = {"gpt2", "gptj", "gpt-neo", "gpt-neox", "opt", "llama", "mistral", "qwen2"}
+HOOKED_39 = {"gpt2", "gptj", "gpt-neo", "gpt-neox", "opt", "bloom", "llama", "mistral", "qwen2",
+             "qwen3", "phi3"}  # fmt: skip
 # Every family agrees to 1e-5 relative (max |error| / max |oracle|); measured <= 6e-7 on
 # TL 4.3. Gemma-2 needed the final-logit soft cap in ModelAdapter.final_logits (2e-4 before).
 BOUND = 1e-5
@@ -121,3 +123,21 @@ def test_the_oracle_tells_families_apart(
     gptj = oracle(_folder(folders, "gptj", root, toy_tokenizer), batch)[0]
     neo = oracle(_folder(folders, "gpt-neo", root, toy_tokenizer), batch)[0]
     assert relative_error(neo, gptj) > 1e-2
+
+
+@pytest.mark.skipif(TL4, reason="HookedTransformer needs transformer-lens 3.x")
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in HOOKED_39])
+def test_hooked_transformer_refuses_what_it_cannot_convert(
+    family: str,
+    folders: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    toy_tokenizer: Any,
+) -> None:
+    """TL 3.9's converter lacks Falcon, Gemma 1-3, OLMo-2, StableLM (and Phi under
+    transformers 5, whose PhiConfig dropped ``partial_rotary_factor``): a one-line refusal
+    that names the bridge, which the matrix above runs instead."""
+    folder = _folder(folders, family, tmp_path_factory.getbasetemp(), toy_tokenizer)
+    with pytest.raises(
+        ModelLoadError, match=r"HookedTransformer cannot convert .*tl_class='bridge'"
+    ):
+        load_model(folder, tl_class="hooked")

@@ -39,7 +39,10 @@ HOOKED_ARCHITECTURES = (
     "GPTJForCausalLM",
     "GPTNeoForCausalLM",
     "OPTForCausalLM",
-)
+    "BloomForCausalLM",
+    "Qwen3ForCausalLM",
+    "Phi3ForCausalLM",
+)  # tested against Hugging Face eager on TL 3.9 (tests/model/test_architecture_matrix.py)
 
 
 def _reloadable_tokenizer(tokenizer: Any, folder: Path) -> Any:
