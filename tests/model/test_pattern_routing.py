@@ -223,3 +223,17 @@ def test_saliency_recompute_equals_keep_on_routed_bridges(arch: str, toy_tokeniz
     assert float(keep.maps.abs().max()) > 0
     torch.testing.assert_close(again.maps, keep.maps, atol=1e-6, rtol=1e-5)
     assert_no_hooks(model)
+
+
+@needs_tl4
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_null_model_of_a_routed_bridge_is_routed(arch: str, toy_tokenizer: Any) -> None:
+    from anchor_flow.models.null import random_init_copy
+
+    model = from_hf_model(tiny_hf(arch), toy_tokenizer, tl_class="bridge")
+    null = random_init_copy(model, seed=1)
+    assert routed_family(null) == routed_family(model)
+    check_attention_hooks_live(null)
+    with torch.no_grad():
+        gap = (adapt(null).forward_logits(TOKENS) - adapt(model).forward_logits(TOKENS)).abs()
+    assert float(gap.max()) > 1e-3, "the null model has new weights"
