@@ -5,8 +5,9 @@ causal LM into a ``HookedTransformer`` (TL 3.x) or a ``TransformerBridge`` (TL 3
 offline and with unprocessed weights; :func:`warn_if_value_biases_folded` checks a user's
 model for the one weight processing that changes the paper's saliency. Running a model (hook
 names, forward variants, key/value caches, the liveness probe) lives in its sibling
-:mod:`anchor_flow.models.tl_adapter`. A TransformerLens upgrade touches these two files (and the
-tests' model builders) and nothing else; TL is imported lazily.
+:mod:`anchor_flow.models.tl_adapter`. A TransformerLens upgrade touches these two files,
+:mod:`anchor_flow.models.pattern_routing` (GPT-J / GPT-Neo / OPT bridges) and the tests' model
+builders, and nothing else; TL is imported lazily.
 
 >>> model = build_bridge(hf_model, tokenizer, name="gpt2")  # doctest: +SKIP
 
