@@ -227,9 +227,14 @@ def _tiny_hf(arch: str) -> Any:
 
 @pytest.mark.bridge
 @pytest.mark.parametrize("arch", ["GPTJForCausalLM", "GPTNeoForCausalLM", "OPTForCausalLM"])
-def test_liveness_probe_refuses_hf_delegated_bridges(arch: str, toy_tokenizer: Any) -> None:
+def test_liveness_probe_refuses_hf_delegated_bridges(
+    arch: str, toy_tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from anchor_flow.models import tl_build
     from anchor_flow.models.loading import from_hf_model
 
+    # anchor_flow routes these families' attention (test_pattern_routing.py); without it:
+    monkeypatch.setattr(tl_build, "route_patterns", lambda model: False)
     model = from_hf_model(_tiny_hf(arch), toy_tokenizer, tl_class="bridge")
     with pytest.raises(DeadAttentionHooksError) as info:
         check_attention_hooks_live(model)

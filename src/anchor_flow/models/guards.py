@@ -57,9 +57,11 @@ _LIVENESS: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionar
 _DEAD_ADVICE = (
     "TransformerBridge delegates attention to Hugging Face for some architectures (GPT-J, "
     "GPT-Neo, OPT, BERT, T5, ...): hook_pattern then fires on a copy, edits are discarded and "
-    "gradients never arrive. Use a HookedTransformer from transformer-lens 3.9 "
-    "(load_model(..., tl_class='hooked')), or an architecture whose bridge hooks are live "
-    "(GPT-2, Llama, Mistral, Qwen2, GPT-NeoX/Pythia)."
+    "gradients never arrive. Load GPT-J, GPT-Neo and OPT with anchor_flow.load_model / "
+    "from_hf_model (they route the attention through hook_pattern; for a bridge built "
+    "elsewhere call anchor_flow.models.pattern_routing.route_patterns(model)), use a "
+    "HookedTransformer from transformer-lens 3.9 (load_model(..., tl_class='hooked')), or an "
+    "architecture whose bridge hooks are live (see docs/architectures.md)."
 )
 
 

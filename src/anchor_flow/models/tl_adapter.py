@@ -189,7 +189,9 @@ class ModelAdapter:
         ln_final = getattr(self.model, "ln_final", None)
         if ln_final is not None:
             picked = ln_final(picked)
-        return self.model.unembed(picked)[:, 0, :]
+        logits = self.model.unembed(picked)[:, 0, :]
+        cap = getattr(self.model.cfg, "output_logits_soft_cap", None)  # Gemma-2: 30
+        return logits if not cap or cap <= 0 else cap * torch.tanh(logits / cap)
 
     def _bridge_final_residual(
         self, tokens: Tensor, **forward_kwargs: Any

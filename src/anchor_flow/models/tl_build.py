@@ -5,8 +5,9 @@ causal LM into a ``HookedTransformer`` (TL 3.x) or a ``TransformerBridge`` (TL 3
 offline and with unprocessed weights; :func:`warn_if_value_biases_folded` checks a user's
 model for the one weight processing that changes the paper's saliency. Running a model (hook
 names, forward variants, key/value caches, the liveness probe) lives in its sibling
-:mod:`anchor_flow.models.tl_adapter`. A TransformerLens upgrade touches these two files (and the
-tests' model builders) and nothing else; TL is imported lazily.
+:mod:`anchor_flow.models.tl_adapter`. A TransformerLens upgrade touches these two files,
+:mod:`anchor_flow.models.pattern_routing` (GPT-J / GPT-Neo / OPT bridges) and the tests' model
+builders, and nothing else; TL is imported lazily.
 
 >>> model = build_bridge(hf_model, tokenizer, name="gpt2")  # doctest: +SKIP
 
@@ -25,6 +26,7 @@ from typing import Any
 from torch import Tensor
 
 from anchor_flow.errors import ModelLoadError
+from anchor_flow.models.pattern_routing import route_patterns
 from anchor_flow.models.tl_adapter import adapt, hooked_transformer_class, tl_version
 
 __all__ = ["build_bridge", "build_hooked_transformer", "warn_if_value_biases_folded"]
@@ -38,7 +40,10 @@ HOOKED_ARCHITECTURES = (
     "GPTJForCausalLM",
     "GPTNeoForCausalLM",
     "OPTForCausalLM",
-)
+    "BloomForCausalLM",
+    "Qwen3ForCausalLM",
+    "Phi3ForCausalLM",
+)  # tested against Hugging Face eager on TL 3.9 (tests/model/test_architecture_matrix.py)
 
 
 def _reloadable_tokenizer(tokenizer: Any, folder: Path) -> Any:
@@ -107,7 +112,11 @@ def build_hooked_transformer(
 
 
 def build_bridge(hf_model: Any, tokenizer: Any, *, name: str) -> Any:
-    """A ``TransformerBridge`` around the Hugging Face model (wrapped in place, unprocessed)."""
+    """A ``TransformerBridge`` around the Hugging Face model (wrapped in place, unprocessed).
+
+    GPT-J, GPT-Neo and OPT get their attention probabilities routed through the bridge's
+    ``hook_pattern`` (:func:`anchor_flow.models.pattern_routing.route_patterns`).
+    """
     from transformer_lens.model_bridge.sources import build_bridge_from_module
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,6 +133,7 @@ def build_bridge(hf_model: Any, tokenizer: Any, *, name: str) -> Any:
             raise ModelLoadError(
                 f"TransformerBridge cannot wrap {name!r} ({_architecture(hf_model)}): {error}"
             ) from error
+    route_patterns(model)
     return model.eval()
 
 
