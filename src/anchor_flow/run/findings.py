@@ -17,6 +17,7 @@ import shutil
 from typing import Any
 
 from anchor_flow.results.runs import run_folders
+from anchor_flow.run.heads import load_head_finding
 from anchor_flow.run.steps import RunContext
 
 __all__ = ["NULL_FILES", "update_findings"]
@@ -102,6 +103,8 @@ def update_findings(run: RunContext, record: dict[str, Any]) -> dict[str, Any]:
         found.append(claims.causal_anchors(isolation, len(layers.shallow)))
     if _complete(record, "deep"):
         found.append(claims.deep_prediction(DeepResult.load(out / "deep"), layers.deep))
+    if _complete(record, "heads") and (head := load_head_finding(out)) is not None:
+        found.append(head)  # H1, issue 24
     if null.get("status") == "complete":
         saliency, deep = load_null_results(out)
         subject = "null model"

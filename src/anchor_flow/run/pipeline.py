@@ -250,14 +250,14 @@ def _check_same_inputs(inputs: Sequence[tuple[dict[str, str], dict[str, Any]]]) 
 # The prompt scheme each step reads from the context (re-weighting draws its own prompts).
 _SCHEMES: dict[str, Literal["fixed", "per_example"] | None] = {
     "saliency": "per_example", "isolation": "fixed", "deep": "fixed", "reweighting": None,
-    "compression": "fixed", "diagnosis": "fixed",
+    "compression": "fixed", "diagnosis": "fixed", "heads": "fixed",
 }  # fmt: skip
 
 
 # Which prompt sets' overflow counts (settings_resolved "skipped_too_long_<key>") each uses.
 _SKIPPED_IN = {"saliency": ("per_example",), "isolation": ("fixed",), "deep": ("fixed",),
                "reweighting": ("reweighting",), "compression": ("fixed", "speed"),
-               "diagnosis": ("fixed",)}  # fmt: skip
+               "diagnosis": ("fixed",), "heads": ("fixed",)}  # fmt: skip
 
 
 def _resolve_inputs(context: RunContext, say: Callable[[str], None]) -> None:
