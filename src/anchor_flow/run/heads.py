@@ -31,19 +31,14 @@ import pandas as pd
 from anchor_flow.results.files import write_atomic
 from anchor_flow.run.context import RunContext
 
-__all__ = ["HEADS_FILES", "heads_step", "load_head_finding"]
+__all__ = ["HEADS_FILES", "choose_heads", "heads_step", "load_head_finding", "write_heads"]
 
 HEADS_FILES = ("heads.json", "heads/")
 
 
-def _choose(flows: Any, shallow: tuple[int, ...], deep: tuple[int, ...]) -> dict[str, Any]:
-    return {"gathering": flows.top_heads("gathering", len(shallow), shallow),
-            "reading": flows.top_heads("reading", len(deep), deep)}  # fmt: skip
-
-
 def heads_step(run: RunContext) -> dict[str, Any]:
     """Per-head flows, the top heads and their causal check (see the module docstring)."""
-    from anchor_flow.analysis.findings import anchor_heads_frame, claim_layers
+    from anchor_flow.analysis.findings import claim_layers
     from anchor_flow.analysis.heads import (
         HeadBlockingResult,
         HeadFlows,
@@ -70,7 +65,7 @@ def heads_step(run: RunContext) -> dict[str, Any]:
         HeadFlows.join([p[name] for p in everyone if p[name] is not None]) for name in sets
     ])  # fmt: skip
     layers = claim_layers(flows.n_layers, run.config.claim_layer_fraction)
-    heads = _choose(flows, layers.shallow, layers.deep)
+    heads = choose_heads(flows, run.config.claim_layer_fraction)
 
     def my_blocking() -> dict[str, Any]:
         parts = {}
@@ -92,26 +87,47 @@ def heads_step(run: RunContext) -> dict[str, Any]:
         HeadBlockingResult.join([p[name] for p in gathered if p[name] is not None])
         for name in sets
     ])  # fmt: skip
-    settings = {**run.settings("fixed"), "claim_layers": layers.to_dict(),
-                "heads_rule": "one gathering head per shallow layer, one reading head per "
-                "deep layer, by mean share"}  # fmt: skip
-    out = run.out / "heads"
+    settings = {**run.settings("fixed"), "claim_layers": layers.to_dict(), "heads_rule": RULE}
+    return write_heads(run.out, flows, blocking, settings)
+
+
+RULE = "one gathering head per shallow layer, one reading head per deep layer, by mean share"
+
+
+def choose_heads(flows: Any, fraction: float = 1 / 3, k: int | None = None) -> dict[str, Any]:
+    """The gathering heads (among the shallow layers' heads) and the reading heads (among the
+    deep layers'), by mean share: ``k`` of each, default one per shallow / deep layer."""
+    from anchor_flow.analysis.findings import claim_layers
+
+    layers = claim_layers(flows.n_layers, fraction)
+    return {"gathering": flows.top_heads("gathering", k or len(layers.shallow), layers.shallow),
+            "reading": flows.top_heads("reading", k or len(layers.deep), layers.deep)}  # fmt: skip
+
+
+def write_heads(out: Path, flows: Any, blocking: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """Write ``heads/`` and ``heads.json`` into ``out`` (see the module docstring); returns the
+    summary. ``settings["claim_layers"]["fraction"]`` picks the shallow and deep layers."""
+    from anchor_flow.analysis.findings import anchor_heads_frame, claim_layers
+
+    layers = claim_layers(flows.n_layers, settings.get("claim_layers", {}).get("fraction", 1 / 3))
+    settings = {**settings, "claim_layers": layers.to_dict()}
+    folder = out / "heads"
     flows = replace(flows, settings={**flows.settings, **settings})
     blocking = replace(blocking, settings={**blocking.settings, **settings})
-    flows.save(out / "flows")
-    blocking.save(out / "blocking")
+    flows.save(folder / "flows")
+    blocking.save(folder / "blocking")
     all_heads = pd.concat([anchor_heads_frame(flows, kind) for kind in ("gathering", "reading")])
-    write_frame(out / "head_flows.csv", all_heads)
+    write_frame(folder / "head_flows.csv", all_heads)
     top = pd.concat([flows.ranking("gathering", layers.shallow),
                      flows.ranking("reading", layers.deep)])  # fmt: skip
     columns = ["kind", "rank", "layer", "head", "share", "ci_low", "ci_high"]
-    write_frame(out / "top_heads.csv", top[columns])
-    write_frame(out / "causal.csv", blocking.summary_frame())
-    finding = load_head_finding(run.out)
+    write_frame(folder / "top_heads.csv", top[columns])
+    write_frame(folder / "causal.csv", blocking.summary_frame())
+    finding = load_head_finding(out)
     summary = {**blocking.summary(), "settings": settings,
-               "top_heads": top[columns].head(10).to_dict(orient="records"),
+               "top_heads": top[columns].to_dict(orient="records"),
                "finding": None if finding is None else finding.to_dict()}  # fmt: skip
-    write_json(run.out / "heads.json", summary)
+    write_json(out / "heads.json", summary)
     return summary
 
 
