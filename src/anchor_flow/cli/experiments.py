@@ -123,8 +123,12 @@ def add_heads_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> N
 
 
 def run_heads_command(args: argparse.Namespace) -> None:
-    from anchor_flow.analysis.heads import HeadBlockingResult, HeadFlows
-    from anchor_flow.analysis.heads import run_head_blocking, run_head_flows
+    from anchor_flow.analysis.heads import (
+        HeadBlockingResult,
+        HeadFlows,
+        run_head_blocking,
+        run_head_flows,
+    )
     from anchor_flow.errors import AnchorFlowError
     from anchor_flow.report.folder import render_results_folder
     from anchor_flow.run.heads import RULE, choose_heads, write_heads

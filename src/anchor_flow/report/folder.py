@@ -121,8 +121,8 @@ def render_results_folder(directory: str | os.PathLike[str]) -> Path:
     if flow is None and not any(has.values()) and record is None:
         raise ResultsError(
             f"{str(directory)!r} holds no results.json, saliency.json, isolation/, deep/, "
-            "reweighting/, diagnosis/, compression/ or heads/; expected a results folder written by "
-            "`anchor-flow run` or one of its experiment commands (a run that finished)"
+            "reweighting/, diagnosis/, compression/ or heads/; expected a results folder "
+            "written by `anchor-flow run` or one of its experiment commands (a run that finished)"
         )
     sections: list[ReportSection] = [] if record is None else [_run_section(record)]
     sections = [*findings_sections(directory, record or {}), *sections]  # issue 16: first

@@ -154,7 +154,7 @@ def load_head_finding(folder: Path, subject: str = "model") -> Any:
     for kind, heads in (("gathering", blocking.gathering_heads),
                         ("reading", blocking.reading_heads)):  # fmt: skip
         frame = anchor_heads_frame(flows, kind)
-        cleared = {(int(a), int(b)) for a, b, ok in
-                   zip(frame["layer"], frame["head"], frame["clears_margin"], strict=True) if ok}  # fmt: skip
+        rows = frame[frame["clears_margin"]]
+        cleared = {(int(a), int(b)) for a, b in zip(rows["layer"], rows["head"], strict=True)}
         margins[kind] = bool(cleared & set(heads))
     return causal_heads(blocking, subject=subject, margins=margins)

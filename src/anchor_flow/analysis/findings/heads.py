@@ -102,4 +102,3 @@ def causal_heads(
                    point, low, high, 0.0, "as many random heads of the same layers: loyalty drop",
                    1.0 - float(random.mean()), sentence(HEAD_CLAIM, outcome, what),
                    int(difference.shape[0]), tuple(layers), json_safe(details))  # fmt: skip
-

@@ -42,7 +42,7 @@ ARMS = ("anchor_heads", "random_heads")
 Heads = Sequence[tuple[int, int]]
 
 
-def _pairs(heads: Heads) -> tuple[tuple[int, int], ...]:
+def _pairs(heads: Sequence[Sequence[int]]) -> tuple[tuple[int, int], ...]:
     return tuple((int(layer), int(head)) for layer, head in heads)
 
 
@@ -169,7 +169,10 @@ def _arm_hooks(
     random_g: Tensor | None, random_r: Tensor | None, n_heads: int, mode: BlockMode,
 ) -> list[Any]:  # fmt: skip
     """Blocking hooks of one arm: the chosen heads (random_* None) or the drawn ones."""
-    edges = {"g": pair_mask(part, Role.LABEL, Role.TEXT), "r": pair_mask(part, Role.TARGET, Role.LABEL)}
+    edges = {
+        "g": pair_mask(part, Role.LABEL, Role.TEXT),
+        "r": pair_mask(part, Role.TARGET, Role.LABEL),
+    }
     masks: dict[int, Tensor] = {}
     for key, heads, drawn in (("g", gathering, random_g), ("r", reading, random_r)):
         for slot, (layer, head) in enumerate(heads):

@@ -122,8 +122,7 @@ class HeadFlows(PooledResult):
         """The per-head flows of a saliency result computed with ``head_flows=True``."""
         if result.head_sums is None or result.head_abs_sums is None:
             raise AnchorFlowError(
-                "this saliency result has no per-head sums; run run_saliency(..., "
-                "head_flows=True)"
+                "this saliency result has no per-head sums; run run_saliency(..., head_flows=True)"
             )
         return cls(head_sums=result.head_sums, head_abs_sums=result.head_abs_sums,
                    group_counts=result.group_counts,

@@ -222,7 +222,8 @@ def saliency_hooks(
 
     def reduce_heads(contribution: Tensor, layer: int, heads: slice) -> None:
         # Both sums in one scatter: [signed | absolute] along the head axis.
-        assert recorder.head_sums is not None and recorder.head_abs_sums is not None
+        assert recorder.head_sums is not None
+        assert recorder.head_abs_sums is not None
         here, n_chunk = contribution.device, contribution.shape[1]
         if here not in groups_on:
             groups_on[here] = flat_groups.to(here)
