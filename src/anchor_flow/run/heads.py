@@ -116,14 +116,16 @@ def write_heads(out: Path, flows: Any, blocking: Any, settings: dict[str, Any]) 
     blocking = replace(blocking, settings={**blocking.settings, **settings})
     flows.save(folder / "flows")
     blocking.save(folder / "blocking")
-    all_heads = pd.concat([anchor_heads_frame(flows, kind) for kind in ("gathering", "reading")])
-    write_frame(folder / "head_flows.csv", all_heads)
-    top = pd.concat([flows.ranking("gathering", layers.shallow),
-                     flows.ranking("reading", layers.deep)])  # fmt: skip
+    frames = {kind: anchor_heads_frame(flows, kind) for kind in ("gathering", "reading")}
+    write_frame(folder / "head_flows.csv", pd.concat(frames.values()))
+    # A head's share and interval do not depend on which layers are ranked (the bootstrap
+    # resamples the prompts alike for every column): the claim layers' rows, re-ranked.
+    where = {"gathering": layers.shallow, "reading": layers.deep}
+    top = pd.concat([_rerank(frames[kind], where[kind]) for kind in frames])
     columns = ["kind", "rank", "layer", "head", "share", "ci_low", "ci_high"]
     write_frame(folder / "top_heads.csv", top[columns])
     write_frame(folder / "causal.csv", blocking.summary_frame())
-    finding = load_head_finding(out)
+    finding = _finding(blocking, frames)
     summary = {**blocking.summary(), "settings": settings,
                "top_heads": top[columns].to_dict(orient="records"),
                "finding": None if finding is None else finding.to_dict()}  # fmt: skip
@@ -143,18 +145,31 @@ def write_json(path: Path, data: object) -> None:
 
 def load_head_finding(folder: Path, subject: str = "model") -> Any:
     """Claim H1 from a folder's ``heads/`` (None when it holds no causal check)."""
-    from anchor_flow.analysis.findings import anchor_heads_frame, causal_heads
+    from anchor_flow.analysis.findings import anchor_heads_frame
     from anchor_flow.analysis.heads import HeadBlockingResult, HeadFlows
 
     if not (folder / "heads" / "blocking" / "head_blocking_meta.json").is_file():
         return None
     blocking = HeadBlockingResult.load(folder / "heads" / "blocking")
     flows = HeadFlows.load(folder / "heads" / "flows")
+    frames = {kind: anchor_heads_frame(flows, kind) for kind in ("gathering", "reading")}
+    return _finding(blocking, frames, subject)
+
+
+def _rerank(frame: pd.DataFrame, layers: tuple[int, ...]) -> pd.DataFrame:
+    kept = frame[frame["layer"].isin(layers)].reset_index(drop=True)
+    kept["rank"] = range(1, len(kept) + 1)
+    return kept
+
+
+def _finding(blocking: Any, frames: dict[str, pd.DataFrame], subject: str = "model") -> Any:
+    """H1, with whether some chosen head of each kind clears its margin."""
+    from anchor_flow.analysis.findings import causal_heads
+
     margins = {}
     for kind, heads in (("gathering", blocking.gathering_heads),
                         ("reading", blocking.reading_heads)):  # fmt: skip
-        frame = anchor_heads_frame(flows, kind)
-        rows = frame[frame["clears_margin"]]
+        rows = frames[kind][frames[kind]["clears_margin"]]
         cleared = {(int(a), int(b)) for a, b in zip(rows["layer"], rows["head"], strict=True)}
         margins[kind] = bool(cleared & set(heads))
     return causal_heads(blocking, subject=subject, margins=margins)
