@@ -87,7 +87,8 @@ def test_head_flows_leave_the_layer_values_unchanged_and_match_abs_then_sum(tl_m
     batch = tokenize_prompts(prompts, adapt(tl_model).tokenizer)
     plain = run_saliency(tl_model, batch, progress=False)
     with_heads = run_saliency(tl_model, batch, head_flows=True, progress=False)
-    assert plain.head_sums is None and plain.head_abs_sums is None
+    assert plain.head_sums is None
+    assert plain.head_abs_sums is None
     assert torch.equal(plain.group_sums, with_heads.group_sums)
     footnote = run_saliency(tl_model, batch, head_reduction="abs_then_sum", head_flows=True,
                             progress=False)  # fmt: skip
@@ -184,8 +185,11 @@ def _planted(name):
                                  reading_heads=reading, seed=42, progress=False,
                                  label_token_policy=task.label_token_policy)  # fmt: skip
     assert_no_hooks(model)
-    margins = {kind: bool(anchor_heads_frame(flows, kind, where)["clears_margin"].any())
-               for kind, where in (("gathering", layers.shallow), ("reading", layers.deep))}  # fmt: skip
+    where = {"gathering": layers.shallow, "reading": layers.deep}
+    margins = {
+        kind: bool(anchor_heads_frame(flows, kind, where[kind])["clears_margin"].any())
+        for kind in where
+    }
     return flows, blocking, margins, causal_heads(blocking, margins=margins)
 
 
@@ -193,17 +197,19 @@ def test_planted_anchor_heads_are_found_and_causal():
     flows, blocking, margins, finding = _planted("planted-anchor")
     assert flows.top_heads("gathering", 1) == [(0, 0)]  # over every layer as well
     assert flows.top_heads("reading", 1) == [(1, 0)]
-    assert blocking.gathering_heads == ((0, 0),) and blocking.reading_heads == ((1, 0),)
+    assert blocking.gathering_heads == ((0, 0),)
+    assert blocking.reading_heads == ((1, 0),)
     assert margins == {"gathering": True, "reading": True}
     loyalty = blocking.per_prompt("label_loyalty")
     chance = 1 / 3
     assert abs(float(loyalty[0].mean()) - chance) < 0.15  # to chance (3 classes)
     assert float(loyalty[1].mean()) == 1.0  # random heads of the same layers: nothing
-    assert finding.claim == "H1" and finding.verdict == "holds", finding.sentence
+    assert finding.claim == "H1"
+    assert finding.verdict == "holds", finding.sentence
 
 
 def test_planted_formatting_has_no_anchor_heads():
-    flows, blocking, margins, finding = _planted("planted-formatting")
+    flows, _blocking, margins, finding = _planted("planted-formatting")
     assert margins == {"gathering": False, "reading": False}
     every = anchor_heads_frame(flows, "gathering")
     assert not bool(every["clears_margin"].any())
@@ -238,18 +244,28 @@ def test_results_save_load_concat_and_frames(tmp_path):
                                  label_token_policy=task.label_token_policy)  # fmt: skip
     blocking.save(tmp_path / "blocking")
     again = HeadBlockingResult.load(tmp_path / "blocking")
-    assert again.gathering_heads == ((0, 0),) and torch.equal(again.predictions,
-                                                                blocking.predictions)  # fmt: skip
+    assert again.gathering_heads == ((0, 0),)
+    assert torch.equal(again.predictions, blocking.predictions)
     summary = again.summary_frame()
     assert list(summary.columns) == ["arm", "metric", "mean", "ci_low", "ci_high", "n_prompts"]
     assert set(summary["arm"]) == {"anchor_heads", "random_heads"}
-    pooled = HeadBlockingResult.concat([again, HeadBlockingResult(**{
-        **{k: getattr(again, k) for k in again.__dataclass_fields__}, "run_names": ("x",)})])
-    assert pooled.n_prompts == 12 and pooled.n_runs == 2
+    pooled = HeadBlockingResult.concat(
+        [
+            again,
+            HeadBlockingResult(
+                **{
+                    **{k: getattr(again, k) for k in again.__dataclass_fields__},
+                    "run_names": ("x",),
+                }
+            ),
+        ]
+    )
+    assert pooled.n_prompts == 12
+    assert pooled.n_runs == 2
 
 
 def test_bad_inputs_say_what_was_expected():
-    task, prompts = _task_prompts(4)
+    _task, prompts = _task_prompts(4)
     model = load_model("planted-anchor")
     plain = run_saliency(model, prompts, progress=False, label_token_policy="single")
     with pytest.raises(AnchorFlowError, match="head_flows=True"):
