@@ -285,3 +285,18 @@ def test_bad_inputs_say_what_was_expected():
     with pytest.raises(BlockingError, match=r"heads=\[4\]; expected head indices in 0..2"):
         head_mask(torch.zeros(1, 2, 2, dtype=torch.bool), [4], 3)
     assert_no_hooks(model)
+
+
+def test_blocking_parts_draw_the_whole_lists_random_heads():
+    task, prompts = _task_prompts(9)
+    model = load_model("planted-anchor")
+    options = {"gathering_heads": [(0, 0)], "reading_heads": [(1, 0)], "seed": 5,
+               "progress": False, "label_token_policy": task.label_token_policy}  # fmt: skip
+    whole = run_head_blocking(model, prompts, **options)
+    parts = [run_head_blocking(model, prompts[:4], **options),
+             run_head_blocking(model, prompts[4:], first_prompt_id=4, **options)]  # fmt: skip
+    joined = HeadBlockingResult.join(parts)
+    for name in ("random_gathering", "random_reading", "predictions", "baseline_predictions"):
+        assert torch.equal(getattr(joined, name), getattr(whole, name)), name
+    unshifted = run_head_blocking(model, prompts[4:], **options)
+    assert not torch.equal(unshifted.random_gathering, whole.random_gathering[4:])
