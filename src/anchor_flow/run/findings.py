@@ -103,8 +103,9 @@ def update_findings(run: RunContext, record: dict[str, Any]) -> dict[str, Any]:
         found.append(claims.causal_anchors(isolation, len(layers.shallow)))
     if _complete(record, "deep"):
         found.append(claims.deep_prediction(DeepResult.load(out / "deep"), layers.deep))
-    if _complete(record, "heads") and (head := load_head_finding(out)) is not None:
-        found.append(head)  # H1, issue 24
+    if _complete(record, "heads"):  # H1, issue 24 (its null model runs in the heads step)
+        found += [f for f in (load_head_finding(out), load_head_finding(out, "null model"))
+                  if f is not None]  # fmt: skip
     if null.get("status") == "complete":
         saliency, deep = load_null_results(out)
         subject = "null model"

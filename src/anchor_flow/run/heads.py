@@ -16,7 +16,10 @@ which joins them (random heads are drawn by the prompt's index in the whole list
 * ``heads/causal.csv``: ``arm, metric, mean, ci_low, ci_high, n_prompts``;
 * ``heads/head_flows.csv``: every head of every layer, both kinds, with its enrichment and
   whether it clears the margin (:func:`~anchor_flow.analysis.findings.anchor_heads_frame`);
-* ``heads/flows/`` and ``heads/blocking/``: the raw results; ``heads.json``: the summary.
+* ``heads/flows/`` and ``heads/blocking/``: the raw results; ``heads.json``: the summary;
+* ``heads/null_model/``: the same files for the run's null model (when the run has one:
+  ``RunConfig.null_model``), on rank 0 with the first seed's prompts, for claim H1's verdict on
+  the null model.
 """
 
 from __future__ import annotations
@@ -88,7 +91,44 @@ def heads_step(run: RunContext) -> dict[str, Any]:
         for name in sets
     ])  # fmt: skip
     settings = {**run.settings("fixed"), "claim_layers": layers.to_dict(), "heads_rule": RULE}
-    return write_heads(run.out, flows, blocking, settings)
+    summary = write_heads(run.out, flows, blocking, settings)
+    null = _null_heads(run, settings)
+    if null is not None:
+        summary["null_model"] = null
+        write_json(run.out / "heads.json", summary)
+    return summary
+
+
+def _null_heads(run: RunContext, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The same on the run's null model (rank 0, the first seed's prompts): its own heads,
+    chosen by the same rule, against its own random heads (``heads/null_model/``)."""
+    from anchor_flow.models.null import NULL_MODEL_MAX_PARAMETERS, n_parameters, random_init_copy
+
+    kind = run.config.null_model
+    if kind == "none" or (kind == "auto" and n_parameters(run.model) > NULL_MODEL_MAX_PARAMETERS):
+        return None
+    from anchor_flow.analysis.heads import run_head_blocking, run_head_flows
+
+    seed = run.config.seeds[0]
+    name, bos = f"seed-{seed}", run.resolved.get("prepend_bos")
+    null = random_init_copy(run.model, seed=seed)
+    prompts = run.prompt_sets("fixed")[name]
+    options: dict[str, Any] = {"batch_size": run.config.batch_size, "prepend_bos": bos,
+                               "label_token_policy": run.policy, "progress": False}  # fmt: skip
+    flows = run_head_flows(null, prompts, run_name=name, loss=run.config.saliency_loss,
+                           gradient=run.config.saliency_gradient,
+                           memory=run.config.saliency_memory, **options)  # fmt: skip
+    heads = choose_heads(flows, run.config.claim_layer_fraction)
+    blocking = run_head_blocking(
+        null, prompts, gathering_heads=heads["gathering"], reading_heads=heads["reading"],
+        mode=run.config.isolation_mode, top_k=run.config.top_k, seed=seed, run_name=name,
+        **options,
+    )  # fmt: skip
+    summary = write_heads(run.out / "heads", flows, blocking,
+                          {**settings, "null_model": {"kind": "random-init", "seed": seed}},
+                          json_name=None, folder_name="null_model")  # fmt: skip
+    return {"kind": "random-init", "seed": seed, "prompts": name,
+            "finding": summary["finding"]}  # fmt: skip
 
 
 RULE = "one gathering head per shallow layer, one reading head per deep layer, by mean share"
@@ -104,14 +144,22 @@ def choose_heads(flows: Any, fraction: float = 1 / 3, k: int | None = None) -> d
             "reading": flows.top_heads("reading", k or len(layers.deep), layers.deep)}  # fmt: skip
 
 
-def write_heads(out: Path, flows: Any, blocking: Any, settings: dict[str, Any]) -> dict[str, Any]:
+def write_heads(
+    out: Path,
+    flows: Any,
+    blocking: Any,
+    settings: dict[str, Any],
+    json_name: str | None = "heads.json",
+    folder_name: str = "heads",
+) -> dict[str, Any]:
     """Write ``heads/`` and ``heads.json`` into ``out`` (see the module docstring); returns the
-    summary. ``settings["claim_layers"]["fraction"]`` picks the shallow and deep layers."""
+    summary. ``settings["claim_layers"]["fraction"]`` picks the shallow and deep layers; the
+    null model's folder is written without a JSON summary (``json_name=None``)."""
     from anchor_flow.analysis.findings import anchor_heads_frame, claim_layers
 
     layers = claim_layers(flows.n_layers, settings.get("claim_layers", {}).get("fraction", 1 / 3))
     settings = {**settings, "claim_layers": layers.to_dict()}
-    folder = out / "heads"
+    folder = out / folder_name
     flows = replace(flows, settings={**flows.settings, **settings})
     blocking = replace(blocking, settings={**blocking.settings, **settings})
     flows.save(folder / "flows")
@@ -125,11 +173,12 @@ def write_heads(out: Path, flows: Any, blocking: Any, settings: dict[str, Any]) 
     columns = ["kind", "rank", "layer", "head", "share", "ci_low", "ci_high"]
     write_frame(folder / "top_heads.csv", top[columns])
     write_frame(folder / "causal.csv", blocking.summary_frame())
-    finding = _finding(blocking, frames)
+    finding = _finding(blocking, frames, "null model" if json_name is None else "model")
     summary = {**blocking.summary(), "settings": settings,
                "top_heads": top[columns].to_dict(orient="records"),
                "finding": None if finding is None else finding.to_dict()}  # fmt: skip
-    write_json(out / "heads.json", summary)
+    if json_name is not None:
+        write_json(out / json_name, summary)
     return summary
 
 
@@ -144,14 +193,16 @@ def write_json(path: Path, data: object) -> None:
 
 
 def load_head_finding(folder: Path, subject: str = "model") -> Any:
-    """Claim H1 from a folder's ``heads/`` (None when it holds no causal check)."""
+    """Claim H1 from a folder's ``heads/`` (``subject="null model"``: ``heads/null_model/``;
+    None when it holds no causal check)."""
     from anchor_flow.analysis.findings import anchor_heads_frame
     from anchor_flow.analysis.heads import HeadBlockingResult, HeadFlows
 
-    if not (folder / "heads" / "blocking" / "head_blocking_meta.json").is_file():
+    where = folder / "heads" / ("null_model" if subject != "model" else "")
+    if not (where / "blocking" / "head_blocking_meta.json").is_file():
         return None
-    blocking = HeadBlockingResult.load(folder / "heads" / "blocking")
-    flows = HeadFlows.load(folder / "heads" / "flows")
+    blocking = HeadBlockingResult.load(where / "blocking")
+    flows = HeadFlows.load(where / "flows")
     frames = {kind: anchor_heads_frame(flows, kind) for kind in ("gathering", "reading")}
     return _finding(blocking, frames, subject)
 
