@@ -1,8 +1,8 @@
 """The main job: every experiment of the paper for one model × task × seeds, in one folder.
 
 :func:`run_experiments` runs saliency flows (§2.1), isolation (§2.2), deep-layer AUCROC_l /
-R_l (§2.3), anchor re-weighting (§3.1), anchor-only compression (§3.2) and error diagnosis
-(§3.3) with the paper's protocol, and writes a results folder:
+R_l (§2.3), anchor re-weighting (§3.1), anchor-only compression (§3.2), error diagnosis
+(§3.3) with the paper's protocol, and the anchor heads (issue 24), and writes a results folder:
 
 * ``results.json`` — schema ``anchor_flow.run/1`` (:data:`SCHEMA`, JSON Schema in
   ``anchor_flow/data/results.schema.json``): the settings, library / model versions, seeds,
