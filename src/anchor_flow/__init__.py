@@ -27,6 +27,7 @@ try:
         BlockingError,
         block_edges_hooks,
         blocking_hooks,
+        head_mask,
         isolation_hooks,
         isolation_mask,
         random_rows,
@@ -34,7 +35,14 @@ try:
     )
     from anchor_flow.analysis.deep import DeepResult, run_deep
     from anchor_flow.analysis.edges import FINE_GROUPS, PAPER_FLOWS, edge_groups, paper_edge_masks
+    from anchor_flow.analysis.findings.heads import anchor_heads_frame
     from anchor_flow.analysis.flows import InformationFlow
+    from anchor_flow.analysis.heads import (
+        HeadBlockingResult,
+        HeadFlows,
+        run_head_blocking,
+        run_head_flows,
+    )
     from anchor_flow.analysis.isolation import IsolationResult, run_isolation
     from anchor_flow.analysis.loyalty import label_loyalty, word_loyalty
     from anchor_flow.analysis.saliency.hooks import label_logits, saliency_hooks
@@ -119,6 +127,7 @@ try:
         plot_reweighting_accuracy,
     )
     from anchor_flow.report.figures.compression import plot_compression, plot_speedup
+    from anchor_flow.report.figures.heads import plot_head_blocking, plot_head_shares
     from anchor_flow.report.figures.saliency import (
         plot_flows,
         plot_group_matrix,
@@ -151,6 +160,8 @@ __all__ = [
     "DeepResult",
     "DiagnosisResult",
     "Example",
+    "HeadBlockingResult",
+    "HeadFlows",
     "ICLPrompt",
     "ICLResult",
     "InformationFlow",
@@ -174,6 +185,7 @@ __all__ = [
     "Template",
     "UnsupportedModelError",
     "__version__",
+    "anchor_heads_frame",
     "anchor_positions",
     "bag_of_words_accuracy",
     "block_edges_hooks",
@@ -190,6 +202,7 @@ __all__ = [
     "flop_ideal_ratio",
     "from_hf_model",
     "get_task",
+    "head_mask",
     "isolation_hooks",
     "isolation_mask",
     "label_logits",
@@ -215,6 +228,8 @@ __all__ = [
     "plot_flows",
     "plot_flows_with_auc",
     "plot_group_matrix",
+    "plot_head_blocking",
+    "plot_head_shares",
     "plot_isolation",
     "plot_reweighting_accuracy",
     "plot_saliency_heatmap",
@@ -231,6 +246,8 @@ __all__ = [
     "run_deep",
     "run_diagnosis",
     "run_experiments",
+    "run_head_blocking",
+    "run_head_flows",
     "run_icl",
     "run_isolation",
     "run_reweighting",

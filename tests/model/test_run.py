@@ -70,7 +70,27 @@ def _load_raw(folder: Path) -> None:
         "reweighting": ReweightingResult.load, "compression": CompressionResult.load,
         "diagnosis": DiagnosisResult.load, "compression_speed": SpeedupResult.load,
     }  # fmt: skip
-    if folder.name == "null_model":
+    if folder.name == "heads":  # issue 24: the cross-run comparison reads these columns
+        from anchor_flow import HeadBlockingResult, HeadFlows
+
+        assert HeadFlows.load(folder / "flows").n_prompts > 0
+        assert HeadBlockingResult.load(folder / "blocking").n_prompts > 0
+        top = pd.read_csv(folder / "top_heads.csv")
+        assert list(top.columns) == ["kind", "rank", "layer", "head", "share", "ci_low",
+                                     "ci_high"]  # fmt: skip
+        assert set(top["kind"]) == {"gathering", "reading"}
+        flows = HeadFlows.load(folder / "flows")
+        shallow = json.loads((folder.parent / "results.json").read_text())["claim_layers"]
+        expected = flows.ranking("gathering", shallow["shallow"])
+        got = top[top["kind"] == "gathering"].reset_index(drop=True)
+        assert got[["rank", "layer", "head"]].equals(expected[["rank", "layer", "head"]])
+        assert got["ci_low"].to_numpy() == pytest.approx(expected["ci_low"].to_numpy())
+        causal = pd.read_csv(folder / "causal.csv")
+        assert list(causal.columns) == ["arm", "metric", "mean", "ci_low", "ci_high",
+                                        "n_prompts"]  # fmt: skip
+        assert set(causal["arm"]) == {"anchor_heads", "random_heads"}
+        assert set(causal["metric"]) == {"label_loyalty", "word_loyalty", "accuracy"}
+    elif folder.name == "null_model":
         from anchor_flow.report.findings import load_null_results
 
         saliency, deep = load_null_results(folder.parent)
@@ -157,9 +177,11 @@ def test_the_run_records_findings_for_the_model_and_its_null(run_folder: Path) -
     assert record["claim_layers"]["deep"] == [4, 5]
     rows = {(f["claim"], f["subject"]): f for f in record["findings"]}
     expected = {("C1", "model"), ("C2", "model"), ("C3", "model"), ("C4", "model"),
-                ("C1", "null model"), ("C2", "null model"), ("C4", "null model")}  # fmt: skip
+                ("C1", "null model"), ("C2", "null model"), ("C4", "null model"),
+                ("H1", "model"), ("H1", "null model")}  # fmt: skip
     assert set(rows) == expected
     assert rows[("C3", "model")]["verdict"] == "holds"
+    assert rows[("H1", "null model")]["verdict"] != "holds"  # a random network's heads
     page = (run_folder / "report.html").read_text()
     assert page.index("Findings: Model demo, task demo-k3") < page.index("This run")
     assert "The model against its null model" in page

@@ -16,7 +16,10 @@ Two modes (Δ PAPER.md §2.1):
   kept probabilities all underflowed to 0 cannot be renormalised: a ``BlockingError`` says so.
 * ``"zero"``: the paper's literal "set to 0", without renormalisation (the row sums to < 1).
 
-Rows without a blocked edge are returned bitwise unchanged in both modes.
+Rows without a blocked edge are returned bitwise unchanged in both modes. A mask may carry a
+head axis, ``[batch, head, query_pos, key_pos]`` (:func:`head_mask` builds one from a mask and
+head indices): then only those heads' edges are blocked and every other head stays bitwise
+unchanged (the anchor heads' causal check, :mod:`anchor_flow.analysis.heads`).
 
 The random non-label control (§2.2) draws, for every prompt and layer, as many rows as the
 prompt has label words, without replacement from the official candidate set (positions
@@ -45,6 +48,7 @@ __all__ = [
     "BlockingError",
     "block_edges_hooks",
     "blocking_hooks",
+    "head_mask",
     "isolation_hooks",
     "isolation_mask",
     "label_rows",
@@ -193,12 +197,48 @@ def random_rows(
     return out
 
 
+def head_mask(
+    mask: Bool[Tensor, "batch query_pos key_pos"],
+    heads: Sequence[int] | Bool[Tensor, "batch head"],
+    n_heads: int,
+) -> Bool[Tensor, "batch head query_pos key_pos"]:
+    """``mask`` in the given heads only: the same heads for every prompt, or per prompt.
+
+    Example:
+        >>> mask = torch.ones(1, 3, 3, dtype=torch.bool).tril(-1)
+        >>> head_mask(mask, [0], n_heads=2).sum((-1, -2)).tolist()  # head 0 blocked, 1 not
+        [[3, 0]]
+
+    Args:
+        mask: edges to block, ``[batch, query_pos, key_pos]``.
+        heads: head indices (every prompt) or a ``[batch, head]`` boolean choice per prompt.
+        n_heads: the layer's number of heads.
+    """
+    if isinstance(heads, Tensor) and heads.dtype == torch.bool:
+        if tuple(heads.shape) != (mask.shape[0], n_heads):
+            raise BlockingError(
+                f"heads has shape {tuple(heads.shape)}; expected [batch, head] = "
+                f"{(mask.shape[0], n_heads)}"
+            )
+        chosen = heads.to(mask.device)
+    else:
+        index = [int(h) for h in heads]
+        if any(not 0 <= h < n_heads for h in index):
+            raise BlockingError(f"heads={index}; expected head indices in 0..{n_heads - 1}")
+        chosen = torch.zeros(mask.shape[0], n_heads, dtype=torch.bool, device=mask.device)
+        chosen[:, index] = True
+    return mask.bool()[:, None] & chosen[:, :, None, None]
+
+
 def _block(mask: Tensor, mode: BlockMode) -> Callable[[Tensor, Any], Tensor]:
-    rows = mask.any(-1)
+    # A head axis of 1 (every head) or n_heads: [batch, head, query_pos, key_pos].
+    mask = mask if mask.ndim == 4 else mask[:, None]
+    rows = mask.any(-1, keepdim=True)
     cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     def hook(pattern: Tensor, hook: Any) -> Tensor:
-        if pattern.shape[0] != mask.shape[0] or pattern.shape[-2:] != mask.shape[1:]:
+        if (pattern.shape[0] != mask.shape[0] or pattern.shape[-2:] != mask.shape[2:]
+                or mask.shape[1] not in (1, pattern.shape[1])):  # fmt: skip
             raise BlockingError(
                 f"{hook.name}: pattern {tuple(pattern.shape)} does not fit the blocking mask "
                 f"{tuple(mask.shape)}; build the mask from the batch that is run"
@@ -206,10 +246,10 @@ def _block(mask: Tensor, mode: BlockMode) -> Callable[[Tensor, Any], Tensor]:
         if pattern.device not in cache:
             cache[pattern.device] = (mask.to(pattern.device), rows.to(pattern.device))
         blocked, blocked_rows = cache[pattern.device]
-        kept = pattern.masked_fill(blocked[:, None], 0.0)
+        kept = pattern.masked_fill(blocked, 0.0)
         if mode == "renormalise":
             total = kept.sum(-1, keepdim=True)
-            if bool((total == 0).logical_and(blocked_rows[:, None, :, None]).any()):
+            if bool((total == 0).logical_and(blocked_rows).any()):
                 raise BlockingError(
                     f"{hook.name}: every kept attention probability of a blocked row underflowed "
                     "to 0, so the row cannot be renormalised (a pre-softmax mask would still "
@@ -217,14 +257,15 @@ def _block(mask: Tensor, mode: BlockMode) -> Callable[[Tensor, Any], Tensor]:
                 )
             kept = kept / total
         # Out of place (a backward hook may sit on the pattern); untouched rows stay bitwise.
-        return torch.where(blocked_rows[:, None, :, None], kept, pattern)
+        return torch.where(blocked_rows, kept, pattern)
 
     return hook
 
 
 def blocking_hooks(
     model: Any,
-    masks: Mapping[int, Bool[Tensor, "batch query_pos key_pos"]],
+    masks: Mapping[int, Bool[Tensor, "batch query_pos key_pos"]]
+    | Mapping[int, Bool[Tensor, "batch head query_pos key_pos"]],
     *,
     mode: BlockMode = "renormalise",
 ) -> HookList:
@@ -238,8 +279,9 @@ def blocking_hooks(
 
     Args:
         model: a TransformerLens model (or :class:`~anchor_flow.models.tl_adapter.ModelAdapter`).
-        masks: layer -> edge mask for the batch that will be run; an empty mapping gives no
-            hooks (the model runs unchanged).
+        masks: layer -> edge mask for the batch that will be run, in every head
+            (``[batch, query_pos, key_pos]``) or per head (``[batch, head, query_pos,
+            key_pos]``, :func:`head_mask`); an empty mapping gives no hooks.
         mode: ``"renormalise"`` (the official pre-softmax mask) or ``"zero"`` (the paper's
             literal "set to 0").
 
@@ -252,13 +294,16 @@ def blocking_hooks(
     adapter = adapt(model)
     hooks: HookList = []
     for layer, mask in sorted(masks.items()):
-        if mask.ndim != 3 or mask.shape[1] != mask.shape[2] or mask.dtype != torch.bool:
+        if (mask.ndim not in (3, 4) or mask.shape[-1] != mask.shape[-2]
+                or mask.dtype != torch.bool
+                or (mask.ndim == 4 and mask.shape[1] != adapter.n_heads)):  # fmt: skip
             raise BlockingError(
                 f"mask of layer {layer} has shape {tuple(mask.shape)} and dtype {mask.dtype}; "
-                "expected a bool tensor [batch, query_pos, key_pos]"
+                "expected a bool tensor [batch, query_pos, key_pos] or [batch, head="
+                f"{adapter.n_heads}, query_pos, key_pos]"
             )
-        causal = torch.ones(mask.shape[1:], dtype=torch.bool, device=mask.device).tril()
-        if mode == "renormalise" and bool((causal[None] & ~mask).sum(-1).eq(0).any()):
+        causal = torch.ones(mask.shape[-2:], dtype=torch.bool, device=mask.device).tril()
+        if mode == "renormalise" and bool((causal & ~mask).sum(-1).eq(0).any()):
             raise BlockingError(
                 f"the mask of layer {layer} blocks every causal key of some row (self-edge "
                 "included); keep at least one key per row, or use mode='zero'"

@@ -15,6 +15,8 @@ protocol (``--task``, ``--data-dir``, ``--seeds``, ``--n-examples``, ``--shots-p
   ``isolation.json``, ``isolation.csv``, ``isolation/`` and ``report.html``;
 * ``anchor-flow deep`` — AUCROC_l and R_l per layer (§2.3), writes ``deep.json``,
   ``deep.csv``, ``deep/`` and ``report.html``;
+* ``anchor-flow heads`` — anchor heads: per-head flows, the top gathering / reading heads and
+  their causal check (issue 24), writes ``heads.json``, ``heads/`` and ``report.html``;
 * ``anchor-flow reweight`` — anchor re-weighting vs vanilla 1-shot / k-shot ICL (§3.1), writes
   ``reweighting.json``, ``reweighting.csv``, ``reweighting/`` and ``report.html``;
 * ``anchor-flow diagnose`` — anchor distances vs real confusion (§3.3), writes
@@ -115,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
 
     experiments.add_parsers(commands, [model, task])
+    experiments.add_heads_parser(commands, [model, task])
     applications.add_parsers(commands, [model, task])
     compression.add_parsers(commands, [model, task])
     run.add_parsers(commands, [model_options(), task_options()])  # own copies: own defaults
@@ -148,6 +151,7 @@ _COMMANDS = {
     "evaluate": core.run_evaluate_command,
     "isolation": experiments.run_isolation_command,
     "deep": experiments.run_deep_command,
+    "heads": experiments.run_heads_command,
     "reweight": applications.run_reweight_command,
     "diagnose": applications.run_diagnose_command,
     "compress": compression.run_compress_command,

@@ -1,4 +1,5 @@
-"""The ``anchor-flow isolation`` and ``anchor-flow deep`` commands (paper §2.2, §2.3; not public).
+"""The ``anchor-flow isolation``, ``deep`` and ``heads`` commands (paper §2.2, §2.3; issue 24;
+not public).
 
 Both use the paper's protocol for these experiments: demonstrations fixed per seed
 (scheme "fixed"), one run per seed, runs pooled for means over seeds with intervals. The
@@ -11,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from anchor_flow.cli.common import choices, load_model_and_prompts, write_results
+from anchor_flow.cli.common import choices, load_model_and_prompts, say, write_results
 
 
 def _counts(text: str) -> tuple[int, ...]:
@@ -97,3 +98,62 @@ def run_deep_command(args: argparse.Namespace) -> None:
     ]  # fmt: skip
     pooled = DeepResult.concat(runs)
     write_results(args.out, "deep", pooled, settings, {"deep.csv": pooled.summary_frame()})
+
+
+def add_heads_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """Register ``heads`` on the ``anchor-flow`` sub-command parser."""
+    heads = commands.add_parser(
+        "heads",
+        parents=parents,
+        help="anchor heads: which heads gather into the label words and which read them",
+        description="Per-head flows, the top gathering / reading heads and their causal check "
+        "against random heads; writes heads.json, heads/ and report.html.",
+    )
+    heads.add_argument("--out", type=Path, required=True, help="results folder")
+    heads.add_argument(
+        "--heads-per-kind", type=int, default=None,
+        help="heads of each kind to block (default: one per shallow / deep layer)",
+    )  # fmt: skip
+    heads.add_argument(
+        "--mode", choices=["renormalise", "zero"], default="renormalise",
+        help="renormalise the blocked rows (official code) or set to 0 (paper's wording)",
+    )  # fmt: skip
+    heads.add_argument("--top-k", type=int, default=5, help="word loyalty's top-k (paper 5)")
+    heads.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_heads_command(args: argparse.Namespace) -> None:
+    from anchor_flow.analysis.heads import (
+        HeadBlockingResult,
+        HeadFlows,
+        run_head_blocking,
+        run_head_flows,
+    )
+    from anchor_flow.errors import AnchorFlowError
+    from anchor_flow.report.folder import render_results_folder
+    from anchor_flow.run.heads import RULE, choose_heads, write_heads
+
+    if args.heads_per_kind is not None and args.heads_per_kind < 1:
+        raise AnchorFlowError(f"--heads-per-kind {args.heads_per_kind}; expected a positive count")
+    if args.top_k < 1:
+        raise AnchorFlowError(f"--top-k {args.top_k}; expected a positive integer")
+    model, sets, policy, settings = load_model_and_prompts(args)
+    flows = HeadFlows.concat([
+        run_head_flows(model, prompts, run_name=name, batch_size=args.batch_size,
+                       label_token_policy=policy, progress=not args.quiet)
+        for name, prompts in sets.items()
+    ])  # fmt: skip
+    heads = choose_heads(flows, k=args.heads_per_kind)
+    blocking = HeadBlockingResult.concat([
+        run_head_blocking(model, prompts, gathering_heads=heads["gathering"],
+                          reading_heads=heads["reading"], mode=args.mode, top_k=args.top_k,
+                          seed=int(name.removeprefix("seed-")), run_name=name,
+                          batch_size=args.batch_size, label_token_policy=policy,
+                          progress=not args.quiet)
+        for name, prompts in sets.items()
+    ])  # fmt: skip
+    rule = RULE if args.heads_per_kind is None else f"{args.heads_per_kind} per kind, by share"
+    write_heads(args.out, flows, blocking, {**settings, "heads_rule": rule})
+    render_results_folder(args.out)
+    say(f"anchor-flow: wrote {args.out / 'heads.json'}, {args.out / 'heads'} and "
+        f"{args.out / 'report.html'}")  # fmt: skip

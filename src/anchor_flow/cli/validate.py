@@ -14,7 +14,7 @@ from anchor_flow.errors import AnchorFlowError
 
 # Commands whose --out is a results folder, and the files that mark one written by anchor-flow.
 _FOLDER_COMMANDS = ("saliency", "evaluate", "isolation", "deep", "reweight", "diagnose",
-                    "compress")  # fmt: skip
+                    "compress", "heads")  # fmt: skip
 _OWNED_IF = ("results.json", "report.html", "icl.json")
 SEED_RANGE = (0, 2**32 - 1)
 

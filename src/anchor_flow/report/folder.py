@@ -23,6 +23,7 @@ from anchor_flow.analysis.isolation import IsolationResult
 from anchor_flow.analysis.saliency.result import SaliencyResult
 from anchor_flow.errors import ResultsError
 from anchor_flow.report.findings import findings_sections
+from anchor_flow.report.heads import load_heads_part
 from anchor_flow.report.html import ReportSection, write_report
 from anchor_flow.report.sections import (
     applications_report_sections,
@@ -109,17 +110,19 @@ def render_results_folder(directory: str | os.PathLike[str]) -> Path:
     reweighting = directory / "reweighting" / "reweighting_meta.json"
     diagnosis = directory / "diagnosis" / "diagnosis_meta.json"
     compression = directory / "compression" / "compression_meta.json"
+    heads = directory / "heads" / "blocking" / "head_blocking_meta.json"
     has = {
         "isolation": present("isolation", isolation), "deep": present("deep", deep),
         "reweighting": present("reweighting", reweighting),
         "diagnosis": present("diagnosis", diagnosis),
         "compression": present("compression", compression),
+        "heads": present("heads", heads),
     }  # fmt: skip
     if flow is None and not any(has.values()) and record is None:
         raise ResultsError(
             f"{str(directory)!r} holds no results.json, saliency.json, isolation/, deep/, "
-            "reweighting/, diagnosis/ or compression/; expected a results folder written by "
-            "`anchor-flow run` or one of its experiment commands (a run that finished)"
+            "reweighting/, diagnosis/, compression/ or heads/; expected a results folder "
+            "written by `anchor-flow run` or one of its experiment commands (a run that finished)"
         )
     sections: list[ReportSection] = [] if record is None else [_run_section(record)]
     sections = [*findings_sections(directory, record or {}), *sections]  # issue 16: first
@@ -143,6 +146,8 @@ def render_results_folder(directory: str | os.PathLike[str]) -> Path:
             diagnosis.parent if has["diagnosis"] else None))  # fmt: skip
     if has["compression"]:
         add(("compression",), lambda: _compression_part(compression.parent))
+    if has["heads"]:
+        add(("heads",), lambda: load_heads_part(directory / "heads"))
     model = (record or {}).get("model", {}).get("name") or next(
         (v for k, v in settings.items() if k.endswith("model") and isinstance(v, str)), None
     )

@@ -16,7 +16,9 @@ from anchor_flow.icl.sampling import PAPER_SEEDS
 
 __all__ = ["COMPRESSION_METHODS", "EXPERIMENTS", "NOT_IN_RESULTS", "RunConfig"]
 
-EXPERIMENTS = ("saliency", "isolation", "deep", "reweighting", "compression", "diagnosis")
+EXPERIMENTS = (
+    "saliency", "isolation", "deep", "reweighting", "compression", "diagnosis", "heads",
+)  # fmt: skip
 # Settings a resumed run may change (the record keeps the latest): the results do not depend
 # on them beyond float rounding (the compression engines are tested equal). The dtype does.
 NOT_IN_RESULTS = ("device", "compression_engine", "device_map", "saliency_memory")

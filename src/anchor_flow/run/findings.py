@@ -17,6 +17,7 @@ import shutil
 from typing import Any
 
 from anchor_flow.results.runs import run_folders
+from anchor_flow.run.heads import load_head_finding
 from anchor_flow.run.steps import RunContext
 
 __all__ = ["NULL_FILES", "update_findings"]
@@ -102,6 +103,9 @@ def update_findings(run: RunContext, record: dict[str, Any]) -> dict[str, Any]:
         found.append(claims.causal_anchors(isolation, len(layers.shallow)))
     if _complete(record, "deep"):
         found.append(claims.deep_prediction(DeepResult.load(out / "deep"), layers.deep))
+    if _complete(record, "heads"):  # H1, issue 24 (its null model runs in the heads step)
+        found += [f for f in (load_head_finding(out), load_head_finding(out, "null model"))
+                  if f is not None]  # fmt: skip
     if null.get("status") == "complete":
         saliency, deep = load_null_results(out)
         subject = "null model"

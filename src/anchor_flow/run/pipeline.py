@@ -1,8 +1,8 @@
 """The main job: every experiment of the paper for one model × task × seeds, in one folder.
 
 :func:`run_experiments` runs saliency flows (§2.1), isolation (§2.2), deep-layer AUCROC_l /
-R_l (§2.3), anchor re-weighting (§3.1), anchor-only compression (§3.2) and error diagnosis
-(§3.3) with the paper's protocol, and writes a results folder:
+R_l (§2.3), anchor re-weighting (§3.1), anchor-only compression (§3.2), error diagnosis
+(§3.3) with the paper's protocol, and the anchor heads (issue 24), and writes a results folder:
 
 * ``results.json`` — schema ``anchor_flow.run/1`` (:data:`SCHEMA`, JSON Schema in
   ``anchor_flow/data/results.schema.json``): the settings, library / model versions, seeds,
@@ -250,14 +250,14 @@ def _check_same_inputs(inputs: Sequence[tuple[dict[str, str], dict[str, Any]]]) 
 # The prompt scheme each step reads from the context (re-weighting draws its own prompts).
 _SCHEMES: dict[str, Literal["fixed", "per_example"] | None] = {
     "saliency": "per_example", "isolation": "fixed", "deep": "fixed", "reweighting": None,
-    "compression": "fixed", "diagnosis": "fixed",
+    "compression": "fixed", "diagnosis": "fixed", "heads": "fixed",
 }  # fmt: skip
 
 
 # Which prompt sets' overflow counts (settings_resolved "skipped_too_long_<key>") each uses.
 _SKIPPED_IN = {"saliency": ("per_example",), "isolation": ("fixed",), "deep": ("fixed",),
                "reweighting": ("reweighting",), "compression": ("fixed", "speed"),
-               "diagnosis": ("fixed",)}  # fmt: skip
+               "diagnosis": ("fixed",), "heads": ("fixed",)}  # fmt: skip
 
 
 def _resolve_inputs(context: RunContext, say: Callable[[str], None]) -> None:

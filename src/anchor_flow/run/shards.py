@@ -62,7 +62,9 @@ def join_saliency(parts: Sequence[Any]) -> Any:
         str_tokens=tuple(tokens for p in parts for tokens in p.str_tokens),
         settings=dict(parts[0].settings),
         text_row_sums=rows,
-    )
+        **{name: torch.cat([getattr(p, name) for p in parts])
+           for name in ("head_sums", "head_abs_sums") if parts[0].head_sums is not None},
+    )  # fmt: skip
 
 
 def join_diagnosis(parts: Sequence[tuple[Any, Tensor]], n_components: int) -> Any:

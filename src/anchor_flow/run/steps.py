@@ -22,6 +22,7 @@ from typing import Any
 
 from anchor_flow.results.files import write_atomic
 from anchor_flow.run.context import RunContext, Scheme, experiment_prompts
+from anchor_flow.run.heads import HEADS_FILES, heads_step
 from anchor_flow.run.shards import join_diagnosis, join_saliency
 
 __all__ = [
@@ -42,6 +43,7 @@ STEP_FILES: dict[str, tuple[str, ...]] = {
     "compression": ("compression.json", "compression.csv", "compression_trials.csv",
                     "compression/", "compression_speed.csv", "compression_speed/"),
     "diagnosis": ("diagnosis.json", "diagnosis.csv", "diagnosis/"),
+    "heads": HEADS_FILES,
 }  # fmt: skip
 
 
@@ -309,4 +311,5 @@ STEPS: dict[str, Callable[[RunContext], dict[str, Any]]] = {
     "reweighting": _reweighting,
     "compression": _compression,
     "diagnosis": _diagnosis,
+    "heads": heads_step,
 }

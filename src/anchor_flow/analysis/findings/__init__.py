@@ -13,6 +13,7 @@ from anchor_flow.analysis.findings.claims import (
     deep_reading,
     shallow_aggregation,
 )
+from anchor_flow.analysis.findings.heads import HEAD_CLAIM, anchor_heads_frame, causal_heads
 from anchor_flow.analysis.findings.verdicts import (
     CLAIMS,
     MARGINS,
@@ -26,11 +27,14 @@ from anchor_flow.analysis.findings.verdicts import (
 
 __all__ = [
     "CLAIMS",
+    "HEAD_CLAIM",
     "MARGINS",
     "VERDICTS",
     "ClaimLayers",
     "Finding",
+    "anchor_heads_frame",
     "causal_anchors",
+    "causal_heads",
     "claim_layers",
     "deep_prediction",
     "deep_reading",

@@ -40,6 +40,7 @@ CLAIMS = {
     "C2": "deep layers: the target reads the label words",
     "C3": "shallow label words are causal anchors",
     "C4": "deep target-to-label attention predicts the output",
+    "H1": "the anchor heads carry the label-word flow causally",
 }
 VERDICTS = ("holds", "does not hold", "inverted", "inconclusive")
 MARGINS = {"ratio": 1.25, "difference": 0.05, "auc": 0.05, "share": 0.01}

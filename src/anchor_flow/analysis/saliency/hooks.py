@@ -85,6 +85,9 @@ class SaliencyHooks:
             ``keep_head_maps``, else None.
         text_row_sums: ``[batch, layer, pos]`` per reading position (row), saliency summed
             over its edges from text positions (the within-row comparison of claim C1).
+        head_sums: ``[batch, layer, head, group]`` signed per-head sums of ``A_h ⊙ G_h`` over
+            each fine group when ``keep_head_sums``, else None.
+        head_abs_sums: the same of ``|A_h ⊙ G_h|`` when ``keep_head_sums``, else None.
     """
 
     fwd_hooks: HookList
@@ -93,6 +96,8 @@ class SaliencyHooks:
     maps: Float[Tensor, "batch layer pos pos"] | None
     head_maps: Float[Tensor, "batch layer head pos pos"] | None
     text_row_sums: Float[Tensor, "batch layer pos"] | None = None
+    head_sums: Float[Tensor, "batch layer head group"] | None = None
+    head_abs_sums: Float[Tensor, "batch layer head group"] | None = None
     layers_seen: set[int] = field(default_factory=set)
     _patterns: dict[int, Tensor] = field(default_factory=dict, repr=False)
 
@@ -140,6 +145,7 @@ def saliency_hooks(
     head_reduction: HeadReduction = "sum_then_abs",
     keep_maps: bool = False,
     keep_head_maps: bool = False,
+    keep_head_sums: bool = False,
     memory: Memory = "keep",
 ) -> SaliencyHooks:
     """Hook factory: per-layer saliency reduced to fine edge groups inside the hooks.
@@ -155,6 +161,8 @@ def saliency_hooks(
         head_reduction: ``"sum_then_abs"`` (Eq. 1) or ``"abs_then_sum"`` (footnote).
         keep_maps: also keep ``[batch, layer, pos, pos]`` maps (for heatmaps).
         keep_head_maps: also keep per-head ``|A ⊙ G|`` (memory: layer x head x pos²).
+        keep_head_sums: also keep per-head signed and absolute sums over the fine groups
+            (memory: layer x head x groups per prompt; see the module docstring).
         memory: ``"keep"`` (each layer's pattern is kept from the forward until its backward
             hook) or ``"recompute"`` (kept only while
             :func:`~anchor_flow.models.recompute.recompute_blocks` re-runs its block in the
@@ -207,6 +215,24 @@ def saliency_hooks(
             n_batch, adapter.n_layers, n_pos, device=device, dtype=torch.float32
         ),
     )
+    if keep_head_sums:
+        shape = (n_batch, adapter.n_layers, adapter.n_heads, n_groups)
+        recorder.head_sums = torch.zeros(shape, device=device, dtype=torch.float32)
+        recorder.head_abs_sums = torch.zeros(shape, device=device, dtype=torch.float32)
+
+    def reduce_heads(contribution: Tensor, layer: int, heads: slice) -> None:
+        # Both sums in one scatter: [signed | absolute] along the head axis.
+        assert recorder.head_sums is not None
+        assert recorder.head_abs_sums is not None
+        here, n_chunk = contribution.device, contribution.shape[1]
+        if here not in groups_on:
+            groups_on[here] = flat_groups.to(here)
+        both = torch.cat([contribution, contribution.abs()], 1).reshape(n_batch, 2 * n_chunk, -1)
+        index = groups_on[here][:, None, :].expand(-1, 2 * n_chunk, -1)
+        sums = torch.zeros(n_batch, 2 * n_chunk, n_groups + 1, device=here, dtype=torch.float32)
+        sums.scatter_add_(2, index, both)
+        recorder.head_sums[:, layer, heads] = sums[:, :n_chunk, 1:].to(device)
+        recorder.head_abs_sums[:, layer, heads] = sums[:, n_chunk:, 1:].to(device)
 
     def start_graph(pattern: Tensor, hook: Any) -> Tensor:
         # The graph starts at layer 0's pattern: nothing upstream needs gradients.
@@ -242,6 +268,8 @@ def saliency_hooks(
                 saliency += contribution.abs().sum(1)
             if recorder.head_maps is not None:
                 recorder.head_maps[:, layer, heads] = contribution.abs().to(device)
+            if recorder.head_sums is not None:
+                reduce_heads(contribution, layer, heads)
         del pattern, part, contribution
         if head_reduction == "sum_then_abs":
             saliency = saliency.abs()

@@ -74,6 +74,8 @@ class _BatchOutput:
     maps: Tensor | None
     head_maps: Tensor | None
     text_row_sums: Tensor | None
+    head_sums: Tensor | None
+    head_abs_sums: Tensor | None
 
 
 def _saliency_of_batch(
@@ -86,6 +88,7 @@ def _saliency_of_batch(
     head_reduction: HeadReduction,
     keep_maps: bool,
     keep_head_maps: bool,
+    head_flows: bool,
     memory: Memory,
     extra_hooks: Sequence[tuple[Any, Callable[..., Any]]],
 ) -> _BatchOutput:
@@ -106,6 +109,7 @@ def _saliency_of_batch(
         head_reduction=head_reduction,
         keep_maps=keep_maps,
         keep_head_maps=keep_head_maps,
+        keep_head_sums=head_flows,
         memory=memory,
     )
     del groups  # the hooks keep their own index; [batch, pos, pos] int64 is large at long T
@@ -132,6 +136,8 @@ def _saliency_of_batch(
         maps=None if recorder.maps is None else recorder.maps.cpu(),
         head_maps=None if recorder.head_maps is None else recorder.head_maps.cpu(),
         text_row_sums=None if recorder.text_row_sums is None else recorder.text_row_sums.cpu(),
+        head_sums=None if recorder.head_sums is None else recorder.head_sums.cpu(),
+        head_abs_sums=None if recorder.head_abs_sums is None else recorder.head_abs_sums.cpu(),
     )
 
 
@@ -162,6 +168,7 @@ def run_saliency(
     batch_size: int = 8,
     keep_maps: bool = False,
     keep_head_maps: bool = False,
+    head_flows: bool = False,
     memory: Memory = "keep",
     label_token_policy: Literal["single", "first", "all"] = "single",
     prepend_bos: bool | None = None,
@@ -190,6 +197,9 @@ def run_saliency(
         batch_size: prompts per forward/backward pass; results do not depend on it.
         keep_maps: keep ``[prompt, layer, pos, pos]`` maps (heatmaps).
         keep_head_maps: keep per-head maps too (large).
+        head_flows: also keep per-head sums over the fine edge groups, signed and absolute
+            (``head_sums``, ``head_abs_sums``: layer x head x groups per prompt, reduced in
+            the same backward hooks; see :mod:`anchor_flow.analysis.heads`).
         memory: ``"keep"`` (every layer's attention pattern stays alive from the forward to
             the backward: ``layer x head x pos²`` per prompt) or ``"recompute"`` (each block's
             forward is re-run in the backward, see
@@ -242,6 +252,7 @@ def run_saliency(
                 head_reduction=head_reduction,
                 keep_maps=keep_maps,
                 keep_head_maps=keep_head_maps,
+                head_flows=head_flows,
                 memory=memory,
                 extra_hooks=hooks,
             )
@@ -285,4 +296,6 @@ def run_saliency(
         maps=gather_maps("maps"),
         head_maps=gather_maps("head_maps"),
         text_row_sums=text_row_sums,
+        head_sums=gather("head_sums") if head_flows else None,
+        head_abs_sums=gather("head_abs_sums") if head_flows else None,
     )

@@ -28,6 +28,7 @@ from anchor_flow.errors import AnchorFlowError, ResultsError
 __all__ = ["SaliencyResult"]
 
 SCHEMA = "anchor_flow.saliency/1"
+OPTIONAL = ("maps", "head_maps", "text_row_sums", "head_sums", "head_abs_sums")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class SaliencyResult:
         text_row_sums: ``[prompt, layer, pos]`` per reading position, saliency summed over
             its edges from text positions (claim C1's within-row comparison); None in
             results saved before it existed.
+        head_sums: ``[prompt, layer, head, group]`` signed per-head sums of ``A_h ⊙ G_h``
+            over each fine group (``run_saliency(head_flows=True)``), else None. Summed over
+            heads they give the signed layer sum, before Eq. 1's edge-wise absolute value.
+        head_abs_sums: the same of ``|A_h ⊙ G_h|``, else None.
     """
 
     group_sums: Float[Tensor, "prompt layer group"]
@@ -60,6 +65,8 @@ class SaliencyResult:
     maps: Float[Tensor, "prompt layer pos pos"] | None = None
     head_maps: Float[Tensor, "prompt layer head pos pos"] | None = None
     text_row_sums: Float[Tensor, "prompt layer pos"] | None = None
+    head_sums: Float[Tensor, "prompt layer head group"] | None = None
+    head_abs_sums: Float[Tensor, "prompt layer head group"] | None = None
 
     def __post_init__(self) -> None:
         n = self.group_sums.shape[0]
@@ -165,8 +172,9 @@ class SaliencyResult:
             arrays["maps"] = self.maps.numpy()
         if self.head_maps is not None:
             arrays["head_maps"] = self.head_maps.numpy()
-        if self.text_row_sums is not None:
-            arrays["text_row_sums"] = self.text_row_sums.numpy()
+        for name in ("text_row_sums", "head_sums", "head_abs_sums"):
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name).numpy()
         meta = {
             "schema": SCHEMA,
             "settings": self.settings,
@@ -199,8 +207,7 @@ class SaliencyResult:
                 f"{str(directory)!r} holds schema {meta.get('schema')!r}; expected {SCHEMA!r} "
                 "with this version's edge groups"
             )
-        optional = {k: torch.from_numpy(arrays[k]) for k in ("maps", "head_maps", "text_row_sums")
-                    if k in arrays}  # fmt: skip
+        optional = {k: torch.from_numpy(arrays[k]) for k in OPTIONAL if k in arrays}  # fmt: skip
         return cls(
             group_sums=torch.from_numpy(arrays["group_sums"]),
             group_counts=torch.from_numpy(arrays["group_counts"]),
