@@ -7,6 +7,7 @@ tests that need it are skipped with a message, except under ``CI=true``, where t
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -67,7 +68,7 @@ TASK_TEXTS: dict[str, list[tuple[str, int]]] = {
         ('Who wrote "Don Quixote" ?', 3),
         ("Where is Zürich located?", 4),
         ("How many people live in Tokyo , 2020 estimate ?", 5),
-        ("What is the Answer Type: of a Person question ?", 2),
+        ("What is the Answer Type: Person or Location ?", 2),
         ("Which Location is the coldest: Vostok or Oymyakon?", 4),
         ("What is the abbreviation for the Number 10 ?", 0),
         ("Who is the CEO of Tesla 🚗?", 3),
@@ -100,6 +101,7 @@ def cache_or_skip(family: str) -> Path:
     return folder
 
 
+@functools.cache
 def load_tokenizer(family: str) -> Any:
     """The checkpoint's own tokenizer, loaded from its files (not TransformerLens's copy)."""
     folder = cache_or_skip(family)
@@ -129,10 +131,47 @@ def gpt2_tokenizer(folder: Path) -> Any:
     )
 
 
-def write_task_data(folder: Path, task: str) -> Path:
-    """``train.jsonl`` and ``test.jsonl`` (the same texts) of ``task`` in ``folder``."""
+def write_task_data(folder: Path, task: str, min_per_class: int = 0) -> Path:
+    """``train.jsonl`` and ``test.jsonl`` of ``task`` in ``folder``: the task's texts, the
+    training split topped up to ``min_per_class`` per class with numbered copies."""
     folder.mkdir(parents=True, exist_ok=True)
-    rows = [json.dumps({"text": t, "label": c}, ensure_ascii=False) for t, c in TASK_TEXTS[task]]
-    for split in ("train", "test"):
-        (folder / f"{split}.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    train = list(TASK_TEXTS[task])
+    for c in sorted({c for _, c in train}):
+        own = [t for t, k in TASK_TEXTS[task] if k == c]
+        train += [(f"{own[i % len(own)]} (#{i})", c) for i in range(min_per_class - len(own))]
+
+    def lines(rows: list[tuple[str, int]]) -> str:
+        return "".join(json.dumps({"text": t, "label": c}, ensure_ascii=False) + "\n"
+                       for t, c in rows)  # fmt: skip
+
+    (folder / "train.jsonl").write_text(lines(train), encoding="utf-8")
+    (folder / "test.jsonl").write_text(lines(TASK_TEXTS[task]), encoding="utf-8")
+    return folder
+
+
+def save_tiny_model(family: str, folder: Path, arch: str = "llama", seed: int = 0) -> Path:
+    """A tiny random-weight ``arch`` ("llama" or "qwen3") with ``family``'s real tokenizer,
+    saved with it in ``folder`` (what ``load_model(folder)`` reads)."""
+    import torch
+    import transformers
+
+    tokenizer = load_tokenizer(family)
+    common = dict(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        attn_implementation="eager", initializer_range=0.1, tie_word_embeddings=False,
+    )  # fmt: skip
+    if arch == "llama":
+        config = transformers.LlamaConfig(**common)
+        cls = transformers.LlamaForCausalLM
+    else:
+        config = transformers.Qwen3Config(head_dim=8, **common)
+        cls = transformers.Qwen3ForCausalLM
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls(config).eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder
