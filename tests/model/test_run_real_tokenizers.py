@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import html
 import json
+from importlib import resources
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from anchor_flow.cli import main
@@ -33,6 +35,8 @@ def test_every_experiment_runs_on_a_gpt4_style_tokenizer(family, arch, task, tmp
         argv += ["--position-policy", "compact"]
     assert main(argv) == 0
     record = json.loads((out / "results.json").read_text())
+    schema = resources.files("anchor_flow").joinpath("data/results.schema.json").read_text()
+    jsonschema.validate(record, json.loads(schema))
     assert {name: e["status"] for name, e in record["experiments"].items()} == dict.fromkeys(
         EXPERIMENTS, "complete"
     )
@@ -44,6 +48,9 @@ def test_every_experiment_runs_on_a_gpt4_style_tokenizer(family, arch, task, tmp
     fixed = resolved["straddling_tokens_fixed"]["seed-42"]
     per_example = resolved["straddling_tokens_per_example"]["seed-42"]
     assert fixed > 0
+    assert resolved["label_word_tokens"][" Abbreviation" if task == "trec" else " Negative"] == (
+        3 if task == "trec" else 1
+    )  # docs/tokenizers.md's table: " Abbreviation" is 3 tokens on Llama-3 and Qwen3
     assert per_example > 0
     report = html.unescape((out / "report.html").read_text(encoding="utf-8"))
     assert f"{per_example} token positions of saliency's prompts" in report
