@@ -81,7 +81,8 @@ def task_options() -> argparse.ArgumentParser:
         "--label-token-policy",
         choices=["single", "first", "all"],
         default=None,
-        help="multi-token label words (default: the task's; TREC uses 'first' as the paper)",
+        help="multi-token label words (default: the task's; the paper's four tasks use 'first', "
+        "the official code's first-token rule)",
     )
     group.add_argument(
         "--on-overflow",

@@ -12,16 +12,22 @@ get. Two ways to find those tokens:
   (:func:`encode_with_offsets`; fast tokenizers only, slow ones are refused with
   :func:`no_offsets_error`) put every token in the segment its characters lie in.
 
-Boundary rule (:func:`assign_tokens`). A token whose characters lie in two segments that give
-different (role, demonstration, class) is ambiguous and refused with a ``PromptError``, with
-one exception: leading spaces. A token's leading spaces (``" "``, the ``"▁"`` of a Metaspace
-token or the ``" "`` of a byte-level BPE token) go with the characters after them, wherever the
-spaces came from: ``"▁Negative"`` made of a label prefix's trailing space and the label word
-``"Negative"`` is the label word's token, as a GPT-2 token ``" Negative"`` is. A token that is
-only spaces goes with its last character. Offsets that include the ``"▁"`` and offsets that
-leave it out (``trim_offsets``) give the same roles; a token with an empty span (e.g. a
-prepended ``"▁"``) belongs to the segment at its start. Any other character shared by two
-segments (a newline, a letter) is never guessed.
+Boundary rule (:func:`assign_tokens`). A token belongs to the segment of its *core*: its
+characters without leading spaces and without trailing whitespace. Leading spaces (``" "``, the
+``"▁"`` of a Metaspace token or the ``" "`` of a byte-level BPE token) go with the characters
+after them, wherever they came from: ``"▁Negative"`` made of a label prefix's trailing space and
+the label word ``"Negative"`` is the label word's token, as a GPT-2 token ``" Negative"`` is.
+Trailing whitespace goes with the characters before it: GPT-4-style regex BPE (Llama-3,
+Qwen2.5/3, DeepSeek-V3, gpt-oss) merges a text's final punctuation with the newline that starts
+the label prefix (``" .\n"``, ``"?\n"``, ``"%.\n"``); such a token is the text's. A token
+that is only whitespace belongs to the segment of its first character after leading spaces.
+Such a token that reaches, through its trailing whitespace, into a segment whose tokens get a
+different (role, demonstration, class) *straddles*: allowed where neither segment is an anchor
+(a label word, or the query's label prefix when the token is the prompt's last, the target),
+counted per prompt (``PromptBatch.straddling``), refused otherwise. A core that lies in two
+such segments (a letter, a newline between two words) is never guessed: ``PromptError``.
+Offsets that include the ``"▁"`` and offsets that leave it out (``trim_offsets``) give the same
+roles; a token with an empty span (e.g. a prepended ``"▁"``) belongs to the segment at its start.
 
 Label words (:func:`label_ids_in_context`). The classifier reads the logit of a label word's
 first token at the target position, so on the offset path each class's token ids are those the
@@ -167,15 +173,17 @@ def assign_tokens(
     segments: Sequence[Segment],
     offsets: Sequence[tuple[int, int]],
     piece: Callable[[int], str],
-) -> list[int]:
-    """The segment each token belongs to, from its character span (the module's boundary rule).
+) -> tuple[list[int], list[bool]]:
+    """The segment each token belongs to, from its character span (the module's boundary rule),
+    and whether it straddles two segments through its trailing whitespace.
 
     Example:
         >>> from anchor_flow.icl.roles import Role
-        >>> segments = [Segment("Answer:", Role.FORMAT, 0, "prefix"),
-        ...             Segment("yes", Role.LABEL, 0, "label word", 1)]
-        >>> assign_tokens(0, "Answer:yes", segments, [(0, 6), (6, 7), (7, 10)], str)
-        [0, 0, 1]
+        >>> segments = [Segment("Review: ok.", Role.TEXT, 0, "text"),
+        ...             Segment("\\nAnswer:", Role.TARGET, 0, "label prefix")]
+        >>> spans = [(0, 6), (6, 7), (7, 10), (10, 12), (12, 18), (18, 19)]  # ".\\n" merged
+        >>> assign_tokens(0, "Review: ok.\\nAnswer:", segments, spans, str)
+        ([0, 0, 0, 0, 1, 1], [False, False, False, True, False, False])
 
     Args:
         index: the prompt's index, for messages.
@@ -185,8 +193,9 @@ def assign_tokens(
         piece: the token's vocabulary entry from its position in ``offsets`` (for messages).
 
     Raises:
-        PromptError: a token shared by two segments whose tokens get different roles,
-            demonstrations or classes, or offsets that go backwards.
+        PromptError: a token whose core lies in two segments whose tokens get different roles,
+            demonstrations or classes; a straddling token that touches a label word or is the
+            target; offsets that go backwards.
     """
     starts = list(itertools.accumulate((len(s.text) for s in segments), initial=0))[:-1]
     if "".join(s.text for s in segments) != text:
@@ -196,25 +205,39 @@ def assign_tokens(
         # bisect_right skips empty segments: they share their start with the next segment.
         return bisect.bisect_right(starts, min(position, len(text) - 1)) - 1
 
+    def shared(k: int, owner: int, other: int) -> PromptError:
+        start, end = offsets[k]
+        return PromptError(
+            f"prompt {index}: token {k} {piece(k)!r} (characters {start}..{end}, "
+            f"{text[start:end]!r}) lies in both the {segments[owner].name} and the "
+            f"{segments[other].name}, whose tokens get different roles, "
+            f"demonstrations or classes; its role would be a guess, so the prompt "
+            f"is refused: change the template or the texts so that a token "
+            f"boundary falls between them (e.g. a space or newline)"
+        )
+
     owners: list[int] = []
+    straddles: list[bool] = []
     for k, (start, end) in enumerate(offsets):
+        straddle = False
         if end <= start:
             owner = at(start)
         else:
             core = start
             while core < end - 1 and text[core] == " ":
                 core += 1
+            solid = end - 1  # the core's last character: trailing whitespace goes with it
+            while solid > core and text[solid].isspace():
+                solid -= 1
             owner = at(core)
             for other in range(owner + 1, at(end - 1) + 1):
-                if segments[other].text and segments[other].key != segments[owner].key:
-                    raise PromptError(
-                        f"prompt {index}: token {k} {piece(k)!r} (characters {start}..{end}, "
-                        f"{text[start:end]!r}) lies in both the {segments[owner].name} and the "
-                        f"{segments[other].name}, whose tokens get different roles, "
-                        f"demonstrations or classes; its role would be a guess, so the prompt "
-                        f"is refused: change the template or the texts so that a token "
-                        f"boundary falls between them (e.g. a space or newline)"
-                    )
+                if not segments[other].text or segments[other].key == segments[owner].key:
+                    continue
+                target = segments[other].role == Role.TARGET and k == len(offsets) - 1
+                anchor = Role.LABEL in (segments[owner].role, segments[other].role)
+                if starts[other] <= solid or anchor or target:
+                    raise shared(k, owner, other)
+                straddle = True
         if owners and owner < owners[-1]:
             raise PromptError(
                 f"prompt {index}: token {k} {piece(k)!r} (characters {start}..{end}) lies in "
@@ -222,7 +245,8 @@ def assign_tokens(
                 f"{segments[owners[-1]].name}; the tokenizer's offsets are out of order"
             )
         owners.append(owner)
-    return owners
+        straddles.append(straddle)
+    return owners, straddles
 
 
 def label_ids_in_context(
@@ -342,13 +366,14 @@ def align_prompt(
             tokens differ from the word's tokens after the prompt.
     """
     piece = token_piece(tokenizer)
-    owners = assign_tokens(index, text, segments, offsets, lambda k: piece(ids[k]))
+    owners, straddles = assign_tokens(index, text, segments, offsets, lambda k: piece(ids[k]))
     words = label_ids_in_context(index, text, ids, label_words, tokenizer, policy)
     members: list[list[int]] = [[] for _ in segments]
     row = RowBuilder(bos)
-    for token, owner in zip(ids, owners, strict=True):
-        members[owner].append(token)
-    for segment, toks in zip(segments, members, strict=True):
+    for k, owner in enumerate(owners):
+        members[owner].append(k)
+    for segment, positions in zip(segments, members, strict=True):
+        toks = [ids[k] for k in positions]
         if segment.role == Role.LABEL and toks != words[segment.label]:
             raise LabelWordError(
                 f"prompt {index}: the {segment.name} is tokenized as {[piece(t) for t in toks]} "
@@ -361,5 +386,6 @@ def align_prompt(
                 f"prompt {index}: the {segment.name} {segment.text!r} has no token of its own, "
                 f"so there is no target position; change the template"
             )
-        row.add(toks, segment.token_roles(len(toks), policy), segment.demo, segment.label)
+        row.add(toks, segment.token_roles(len(toks), policy), segment.demo, segment.label,
+                straddling=[straddles[k] for k in positions])  # fmt: skip
     return row, words

@@ -1,7 +1,9 @@
 """Prompts against a model's context window (PAPER.md §0.3; the paper's §2.1 script).
 
 :func:`fit_to_context` refuses the first prompt longer than the window, or, like the paper's
-§2.1 script, drops every such prompt and says how many.
+§2.1 script, drops every such prompt and says how many. :func:`tokenization_summary` counts
+what a run records about tokenization: tokens straddling a text and the template, and the
+label words' token counts.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from anchor_flow.errors import ContextLengthError
 from anchor_flow.icl.prompts import ICLPrompt, tokenize_prompts
 from anchor_flow.icl.sampling import SamplingError, check_positive
 
-__all__ = ["fit_to_context"]
+__all__ = ["fit_to_context", "tokenization_summary"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,3 +93,43 @@ def fit_to_context(
             max_length,
         )
     return kept, dropped
+
+
+def tokenization_summary(
+    prompts: Sequence[ICLPrompt],
+    tokenizer: Any,
+    *,
+    label_token_policy: Literal["single", "first", "all"] = "single",
+    prepend_bos: bool | None = None,
+) -> dict[str, Any]:
+    """What tokenizing ``prompts`` did at segment boundaries, for a run's record.
+
+    Returns ``straddling_tokens`` (tokens that join a text's end with the template's newline,
+    e.g. ``" .\\n"``, in all prompts; :mod:`anchor_flow.icl.alignment`),
+    ``prompts_with_straddling`` and ``label_word_tokens`` (each label word's number of tokens
+    in the demonstrations, for the words that occur there).
+
+    Example:
+        >>> from anchor_flow import toy_prompts
+        >>> from anchor_flow.testbeds.toy import build_toy_tokenizer
+        >>> tokenization_summary(toy_prompts(2), build_toy_tokenizer())["straddling_tokens"]
+        0
+    """
+    total, affected = 0, 0
+    lengths: dict[str, int] = {}
+    for start in range(0, len(prompts), _TOKENIZE_CHUNK):
+        chunk = list(prompts[start : start + _TOKENIZE_CHUNK])
+        batch = tokenize_prompts(
+            chunk, tokenizer, prepend_bos=prepend_bos, label_token_policy=label_token_policy,
+            max_length=sys.maxsize,
+        )  # fmt: skip
+        counts = batch.straddling_counts
+        total, affected = total + int(counts.sum()), affected + int((counts > 0).sum())
+        for row, prompt in enumerate(chunk):
+            word = batch.label_class[row] >= 0
+            for demo in batch.demo_index[row, word].unique().tolist():
+                at = word & (batch.demo_index[row] == demo)
+                cls = int(batch.label_class[row, at][0])
+                lengths.setdefault(prompt.label_words[cls], int(at.sum()))
+    return {"straddling_tokens": total, "prompts_with_straddling": affected,
+            "label_word_tokens": lengths}  # fmt: skip

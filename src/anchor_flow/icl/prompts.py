@@ -8,7 +8,9 @@ separator), so the role of every token is known by construction: no string searc
 trigram hashing as in the official code. Where the segments do not give the same tokens as the
 whole prompt string (SentencePiece tokenizers such as Llama-2's add a ``"▁"`` to every call),
 it tokenizes the whole string and takes the roles from character offsets instead
-(:mod:`anchor_flow.icl.alignment`), refusing tokens that straddle two roles.
+(:mod:`anchor_flow.icl.alignment`): a text's final punctuation merged with the template's
+newline (GPT-4-style BPE: ``" .\\n"``) is the text's token and is counted
+(``PromptBatch.straddling``); other tokens that straddle two roles are refused.
 
 Deliberately not here: datasets, demonstration sampling protocols and seeds
 (:mod:`anchor_flow.icl.sampling`); the offline toy prompts (:mod:`anchor_flow.testbeds.toy`).

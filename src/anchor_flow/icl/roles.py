@@ -72,6 +72,9 @@ class PromptBatch:
         label_token_ids: first token of each class's label word, in class order.
         gold: the query's class, -1 when unknown.
         str_tokens: per row, the decoded tokens without padding (for plots).
+        straddling: True at a token whose trailing whitespace lies in the next segment of
+            another role (a text's ``" .\\n"`` on GPT-4-style BPE; it gets its core's role:
+            :mod:`anchor_flow.icl.alignment`); None means none (all False).
     """
 
     tokens: Int[Tensor, "batch pos"]
@@ -82,10 +85,15 @@ class PromptBatch:
     label_token_ids: Int[Tensor, "batch n_classes"]
     gold: Int[Tensor, " batch"]
     str_tokens: tuple[tuple[str, ...], ...]
+    straddling: Bool[Tensor, "batch pos"] | None = None
 
     def __post_init__(self) -> None:
         shape = tuple(self.tokens.shape)
-        for name in ("roles", "demo_index", "label_class"):
+        if self.straddling is None:
+            object.__setattr__(
+                self, "straddling", torch.zeros(shape, dtype=torch.bool, device=self.tokens.device)
+            )
+        for name in ("roles", "demo_index", "label_class", "straddling"):
             if tuple(getattr(self, name).shape) != shape:
                 raise PromptError(
                     f"PromptBatch.{name} has shape {tuple(getattr(self, name).shape)}, "
@@ -129,6 +137,20 @@ class PromptBatch:
             (self.label_class[~real] != -1).any()
         ):
             raise PromptError("PromptBatch.demo_index and label_class must be -1 at PAD positions")
+        if bool(self.straddle_mask[~real].any()):
+            raise PromptError("PromptBatch.straddling must be False at PAD positions")
+
+    @property
+    def straddle_mask(self) -> Bool[Tensor, "batch pos"]:
+        """``straddling`` as a tensor (never None after construction)."""
+        if self.straddling is None:  # __post_init__ fills it; this keeps the type checker sure
+            raise PromptError("PromptBatch.straddling was not filled in")
+        return self.straddling
+
+    @property
+    def straddling_counts(self) -> Int[Tensor, " batch"]:
+        """Per row, how many tokens straddle two non-anchor segments (see ``straddling``)."""
+        return self.straddle_mask.sum(-1)
 
     @property
     def attention_mask(self) -> Bool[Tensor, "batch pos"]:
@@ -182,6 +204,7 @@ class PromptBatch:
             label_token_ids=self.label_token_ids[picked],
             gold=self.gold[picked],
             str_tokens=tuple(self.str_tokens[r] for r in index),
+            straddling=self.straddle_mask[picked, :width],
         )
 
     def label_positions(self, row: int) -> list[int]:
@@ -234,11 +257,20 @@ class RowBuilder:
         self.roles: list[int] = []
         self.demo_index: list[int] = []
         self.label_class: list[int] = []
+        self.straddling: list[bool] = []
         if bos is not None:
             self.add([bos], Role.BOS, -1)
 
-    def add(self, ids: list[int], roles: Role | list[Role], demo: int, label: int = -1) -> None:
+    def add(
+        self,
+        ids: list[int],
+        roles: Role | list[Role],
+        demo: int,
+        label: int = -1,
+        straddling: list[bool] | None = None,
+    ) -> None:
         self.tokens.extend(ids)
+        self.straddling.extend(straddling if straddling is not None else [False] * len(ids))
         self.roles.extend(
             int(r) for r in ([roles] * len(ids) if isinstance(roles, Role) else roles)
         )
@@ -262,6 +294,7 @@ def stack_rows(
 
     roles = padded("roles", int(Role.PAD))
     return PromptBatch(
+        straddling=padded("straddling", 0).bool(),
         tokens=padded("tokens", pad_token_id),
         roles=roles,
         demo_index=padded("demo_index", -1),

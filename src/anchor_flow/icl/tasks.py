@@ -62,7 +62,9 @@ class Task:
         train_split, test_split: the demonstration pool and the evaluation split.
         text_column, label_column: columns of the dataset's rows.
         label_token_policy: how multi-token label words are handled (see
-            :func:`anchor_flow.icl.prompts.tokenize_prompts`); TREC needs ``"first"`` for GPT-2.
+            :func:`anchor_flow.icl.prompts.tokenize_prompts`). The paper's four tasks use
+            ``"first"``, the official code's rule on every tokenizer (the first token is the
+            anchor; with single-token words it equals ``"single"``); other tasks ``"single"``.
         description: one line for listings and reports.
         builtin_data: for tasks shipped with the package (no hub, no folder): a function
             returning the ``(train, test)`` examples, used when no ``data_dir`` is given.
@@ -251,6 +253,8 @@ def _parse_description(path: Path, text: str) -> dict[str, Any]:
 
 
 # The paper's four tasks (PAPER.md §0.2, §0.3): templates, label words and current hub ids.
+# label_token_policy="first" everywhere: the official code anchors a label word's first token
+# on any tokenizer (GPT-2's " Abbreviation", Llama-2's " Negative"/" Angry" are several tokens).
 register_task(
     Task(
         name="sst2",
@@ -261,6 +265,7 @@ register_task(
         hub_config="sst2",
         test_split="validation",  # GLUE's test labels are hidden; the paper uses validation
         text_column="sentence",
+        label_token_policy="first",
         description="SST-2 sentiment (GLUE), 2 classes",
     )
 )
@@ -271,6 +276,7 @@ register_task(
         label_words=(" World", " Sports", " Business", " Technology"),
         label_names=("world", "sports", "business", "sci/tech"),
         hub_id="fancyzhx/ag_news",
+        label_token_policy="first",
         description="AG News topic classification, 4 classes",
     )
 )
@@ -291,7 +297,7 @@ register_task(
         hub_id="CogComp/trec",
         hub_parquet_config="default",  # main holds trec.py only (PAPER.md §0.2)
         label_column="coarse_label",
-        label_token_policy="first",  # " Abbreviation" is several GPT-2 tokens (paper: first)
+        label_token_policy="first",
         description="TREC question type (coarse), 6 classes",
     )
 )
@@ -303,6 +309,7 @@ register_task(
         label_names=("others", "happy", "sad", "angry"),
         hub_id="SemEvalWorkshop/emo",
         hub_parquet_config="emo2019",  # main holds emo.py only (PAPER.md §0.2)
+        label_token_policy="first",
         description="EmoContext (SemEval 2019 task 3) emotion, 4 classes",
     )
 )

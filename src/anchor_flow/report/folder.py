@@ -69,7 +69,32 @@ def _run_section(record: dict[str, Any]) -> ReportSection:
         for name, entry in record.get("experiments", {}).items()
     ]  # fmt: skip
     frame = pd.DataFrame(rows, columns=["experiment", "status", "seconds", "finished", "error"])
-    return ReportSection("This run", None, _RUN, table=frame)
+    return ReportSection("This run", None, _RUN + straddling_note(record), table=frame)
+
+
+def straddling_note(record: dict[str, Any]) -> str:
+    """A sentence on the tokens that join a text's end with the template (none: empty).
+
+    Example:
+        >>> straddling_note({"settings_resolved": {"straddling_tokens_fixed": {"seed-42": 3}}})[:40]
+        ' Tokenization: 3 token positions of the '
+    """
+    resolved = record.get("settings_resolved", {})
+    parts = []
+    for key, label in (("straddling_tokens_per_example", "saliency's prompts"),
+                       ("straddling_tokens_fixed", "the fixed-demonstration prompts")):  # fmt: skip
+        total = sum(int(v) for v in (resolved.get(key) or {}).values())
+        if total:
+            parts.append(f"{total} token positions of {label}")
+    if not parts:
+        return ""
+    return (
+        f" Tokenization: {' and '.join(parts)} join a text's last characters with the "
+        "template's newline (e.g. ' .\\n' on Llama-3 / Qwen-style tokenizers); they count as "
+        "text, which changes only the role-to-role matrix and C1's text columns, not the "
+        "paper's flows, isolation, the deep-layer classifier or compression "
+        "(docs/tokenizers.md)."
+    )
 
 
 def _run_settings(record: dict[str, Any]) -> dict[str, Any]:

@@ -53,6 +53,8 @@ class RunContext:
         data = load_task_data(task, data_dir=config.data_dir)
         resolved: dict[str, Any] = {"task": task.name, "data": data.source,
                                     "label_token_policy": policy,
+                                    "label_token_policy_from": "option"
+                                    if config.label_token_policy else "task",
                                     "class_names": list(task.label_names)}  # fmt: skip
         resolved["prepend_bos"] = _resolved_bos(model, config)
         return cls(model, adapter, config, out, progress, task, data, policy, resolved,
@@ -67,7 +69,23 @@ class RunContext:
             )  # fmt: skip
             self._prompts[scheme] = sets
             self.resolved[f"skipped_too_long_{scheme}"] = skipped
+            self._record_tokenization(scheme, sets)
         return self._prompts[scheme]
+
+    def _record_tokenization(self, scheme: Scheme, sets: dict[str, list[Any]]) -> None:
+        """Straddling tokens per seed and the label words' token counts (results.json)."""
+        from anchor_flow.icl.context import tokenization_summary
+
+        if self.adapter.tokenizer is None:
+            return
+        straddling = {}
+        for name, prompts in sets.items():
+            summary = tokenization_summary(prompts, self.adapter.tokenizer,
+                                           label_token_policy=self.policy)  # fmt: skip
+            straddling[name] = summary["straddling_tokens"]
+            words = self.resolved.setdefault("label_word_tokens", {})
+            words.update({w: n for w, n in summary["label_word_tokens"].items() if w not in words})
+        self.resolved[f"straddling_tokens_{scheme}"] = straddling
 
     def settings(self, scheme: str) -> dict[str, Any]:
         return {**self.resolved, "seeds": list(self.config.seeds), "demonstrations": scheme,

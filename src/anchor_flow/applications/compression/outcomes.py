@@ -76,6 +76,7 @@ def text_anchor_batch(batch: PromptBatch) -> PromptBatch:
         label_token_ids=batch.label_token_ids, gold=batch.gold,
         str_tokens=tuple(tuple(batch.str_tokens[r][i] for i in c.tolist())
                          for r, c in enumerate(columns)),
+        straddling=take(batch.straddle_mask, False),
     )  # fmt: skip
 
 

@@ -58,17 +58,22 @@ def context_end(batch: PromptBatch, row: int = 0) -> int:
     return int(torch.nonzero(batch.demo_index[row] == n_demos)[0, 0])
 
 
-def _demo_positions(batch: PromptBatch, row: int, roles: Sequence[Role]) -> Tensor:
+def _demo_positions(
+    batch: PromptBatch, row: int, roles: Sequence[Role], *, straddling: bool
+) -> Tensor:
+    # A token straddling text and format (" .\n") holds the template's newline, which the
+    # official Hidden_anchor keeps: kept whatever role it got, never one of the random draws.
     end = context_end(batch, row)
-    in_context = (batch.demo_index[row, :end] >= 0) & torch.isin(
-        batch.roles[row, :end], torch.tensor([int(r) for r in roles])
-    )
-    return torch.nonzero(in_context).flatten()
+    straddle = batch.straddle_mask[row, :end]
+    wanted = torch.isin(batch.roles[row, :end], torch.tensor([int(r) for r in roles]))
+    wanted = (wanted | straddle) if straddling else (wanted & ~straddle)
+    return torch.nonzero((batch.demo_index[row, :end] >= 0) & wanted).flatten()
 
 
 def anchor_positions(batch: PromptBatch, row: int = 0, *, keep_bos: bool = True) -> Tensor:
     """Hidden_anchor's kept positions of ``row``: each demonstration's formatting and label
-    word(s), plus a BOS token if ``keep_bos``. Sorted, ``Int[Tensor, " kept"]``.
+    word(s), plus a BOS token if ``keep_bos``. Sorted, ``Int[Tensor, " kept"]``. A token that
+    straddles text and formatting (``PromptBatch.straddling``) is kept, whatever its role.
 
     Example:
         >>> from anchor_flow import tokenize_prompts, toy_prompts
@@ -81,7 +86,7 @@ def anchor_positions(batch: PromptBatch, row: int = 0, *, keep_bos: bool = True)
     Raises:
         CompressionError: the row's demonstrations hold no label word (e.g. 0 demonstrations).
     """
-    kept = _demo_positions(batch, row, _KEPT_ROLES)
+    kept = _demo_positions(batch, row, _KEPT_ROLES, straddling=True)
     if not bool((batch.roles[row, kept] == Role.LABEL).any()):
         raise CompressionError(
             f"prompt {row} has no label words in its demonstrations (0 demonstrations?); "
@@ -125,7 +130,7 @@ def random_anchor_positions(
     kept = anchor_positions(batch, row, keep_bos=keep_bos)
     label = torch.isin(batch.roles[row, kept], torch.tensor([int(r) for r in _LABEL_ROLES]))
     rng = np.random.default_rng([seed, trial, prompt_id])
-    text = _demo_positions(batch, row, (Role.TEXT,))
+    text = _demo_positions(batch, row, (Role.TEXT,), straddling=False)
     drawn = []
     for demo in batch.demo_index[row, kept[label]].unique().tolist():
         need = int((batch.demo_index[row, kept[label]] == demo).sum())
@@ -148,6 +153,7 @@ def query_batch(batch: PromptBatch, rows: Sequence[int], start: int) -> PromptBa
         demo_index=part.demo_index[:, start:], label_class=part.label_class[:, start:],
         target_position=part.target_position - start, label_token_ids=part.label_token_ids,
         gold=part.gold, str_tokens=tuple(t[start:] for t in part.str_tokens),
+        straddling=part.straddle_mask[:, start:],
     )  # fmt: skip
 
 
