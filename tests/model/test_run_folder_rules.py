@@ -9,6 +9,7 @@ the folder is created.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -254,7 +255,9 @@ def test_label_words_and_prompt_lengths_are_checked_before_the_folder(inputs, mo
 def test_reweighting_class_counts_are_checked_before_the_folder(inputs, model, tmp_path):
     out = tmp_path / "run"
     config = _config(*inputs, experiments=("deep", "reweighting"), train_per_class=4)
-    with pytest.raises(AnchorFlowError, match=r"the training split has \[4, 4\]"):
+    with pytest.raises(
+        AnchorFlowError, match=r"the training split has 'negative': 4, 'positive': 4$"
+    ):
         run_experiments(model, out, config, progress=False)
     assert not out.exists()
 
@@ -353,3 +356,46 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(monkeypatch, tmp_path, 
     assert main(["run", "--quiet", "--out", str(tmp_path / "run")]) == 130
     assert capsys.readouterr().err == "anchor-flow: interrupted\n"
     assert not (tmp_path / "run").exists()
+
+
+# -- issue 28: records nothing could read; fingerprint-less records; the CLI's own words ----
+
+
+def _damaged_copies(inputs, model, tmp_path: Path) -> dict[str, Path]:
+    """One complete run, copied three times: results.json truncated (a crash, a full disk),
+    from an older schema, and without its fingerprint; each copy holds a user's files too."""
+    reference = tmp_path / "reference"
+    run_experiments(model, reference, _config(*inputs), progress=False)
+    copies = {}
+    for damage in ("truncated", "old-schema", "no-fingerprint"):
+        out = copies[damage] = tmp_path / damage
+        shutil.copytree(reference, out)
+        (out / "notes.md").write_text("mine")
+        (out / "deep" / "data.txt").write_text("mine too")
+        record = json.loads((out / "results.json").read_text())
+        if damage == "truncated":
+            (out / "results.json").write_text((out / "results.json").read_text()[:300])
+        elif damage == "old-schema":
+            (out / "results.json").write_text(json.dumps({**record, "schema": "anchor_flow.run/0"}))
+        else:
+            del record["fingerprint"]
+            (out / "results.json").write_text(json.dumps(record))
+    return copies
+
+
+def test_restart_recovers_an_unreadable_or_old_record_and_keeps_the_users_files(
+    inputs, model, tmp_path, capsys
+) -> None:
+    copies = _damaged_copies(inputs, model, tmp_path)
+    for damage, out in copies.items():
+        before = (out / "results.json").read_bytes()
+        code = main(_cli(*inputs, out))  # without --restart: refused, one line, untouched
+        err = _one_line_error(capsys, code)
+        assert "--restart" in err and "restart=True" not in err, err
+        assert (out / "results.json").read_bytes() == before
+        assert main(_cli(*inputs, out, "--restart")) == 0, damage
+        record = load_run(out)
+        assert record["experiments"]["deep"]["status"] == "complete"
+        assert "fingerprint" in record
+        assert (out / "notes.md").read_text() == "mine"
+        assert (out / "deep" / "data.txt").read_text() == "mine too"

@@ -163,6 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _COMMANDS[args.command](args)
     except AnchorFlowError as error:
         message = " ".join(str(error).split())  # one line, whatever the message holds
+        message = message.replace("restart=True (--restart)", "--restart")  # the CLI's word
         sys.stderr.write(f"anchor-flow: error: {message}\n")
         return 2
     except DistributedRunError as error:  # another rank failed; rank 0 shows its traceback

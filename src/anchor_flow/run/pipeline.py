@@ -57,6 +57,7 @@ from anchor_flow.run.folder import (
     hold_lock,
     listed_files,
     remove_listed,
+    recovery_files,
     remove_temporary,
 )
 from anchor_flow.run.steps import STEP_FILES, RunContext, model_info, run_step
@@ -118,7 +119,17 @@ def _start(
     }  # fmt: skip
     if not (directory / "results.json").exists():
         return fresh
-    previous = load_run(directory)
+    try:
+        previous = load_run(directory)
+    except ResultsError as error:  # truncated, or another schema: only a restart recovers it
+        if not restart:
+            raise ResultsError(
+                f"{error}; restart=True (--restart) deletes the files an anchor-flow run writes "
+                "there and starts over"
+            ) from None
+        layout = [f for v in STEP_FILES.values() for f in v] + [*NULL_FILES, "report.html"]
+        remove_listed(directory, [*recovery_files(directory, layout), "results.json"])
+        return fresh
     done = [e for e in previous.get("experiments", {}).values() if e.get("status") == "complete"]
     if restart or not done:  # nothing complete: nothing to keep, any settings may follow
         unfinished = [(n, e) for n, e in previous.get("experiments", {}).items() if e not in done]
@@ -275,9 +286,11 @@ def _resolve_inputs(context: RunContext, say: Callable[[str], None]) -> None:
     if "reweighting" in config.experiments and task.prompt_source is None:
         counts = [sum(e.label == c for e in context.data.train) for c in range(task.n_classes)]
         if min(counts) < needed:
+            names = task.label_names or tuple(map(str, range(task.n_classes)))
+            has = ", ".join(f"{name!r}: {n}" for name, n in zip(names, counts, strict=False))
             raise AnchorFlowError(
                 f"re-weighting needs {needed} training examples per class (1 shot + "
-                f"train_per_class={config.train_per_class}); the training split has {counts}"
+                f"train_per_class={config.train_per_class}); the training split has {has}"
             )
     for scheme in ("per_example", "fixed"):
         if scheme in {_SCHEMES[name] for name in config.experiments}:
