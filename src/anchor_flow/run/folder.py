@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from anchor_flow.errors import ResultsError
+from anchor_flow.models.offload import stored_tensor
 
 __all__ = [
     "LOCK_NAME",
@@ -253,33 +254,11 @@ def _parameter_bytes(model: Any) -> Iterator[bytes]:
     for name, tensor in model.state_dict().items():
         if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
             if tensor.is_meta:  # offloaded by accelerate (a device map's "cpu" / "disk")
-                tensor = _offloaded(model, name)
+                tensor = stored_tensor(model, name)
             flat = tensor.detach().to("cpu").contiguous().view(-1)
             yield f"{name}:{flat.dtype};".encode()
             for start in range(0, flat.numel(), _CHUNK):
                 yield flat[start : start + _CHUNK].view(torch.uint8).numpy().tobytes()
-
-
-def _offloaded(model: Any, name: str) -> Any:
-    """The stored value of an offloaded tensor: accelerate keeps it in the ``weights_map`` of
-    the hook on the tensor's module or one above it (in CPU memory, or memory-mapped from the
-    offload folder), one tensor at a time; the model is never materialised."""
-    parts = name.split(".")
-    for cut in range(len(parts) - 1, -1, -1):
-        try:
-            module = model.get_submodule(".".join(parts[:cut]))
-        except AttributeError:
-            continue
-        hook = getattr(module, "_hf_hook", None)
-        for each in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):
-            weights = getattr(each, "weights_map", None)
-            if weights is not None:
-                with contextlib.suppress(KeyError):  # (``in`` would read the tensor twice)
-                    return weights[".".join(parts[cut:])]
-    raise ResultsError(
-        f"the model's tensor {name!r} has no data (a meta tensor that no accelerate offload "
-        "hook holds); expected a model whose weights are loaded or offloaded by a device map"
-    )
 
 
 def _tokenizer_bytes(tokenizer: Any) -> Iterator[bytes]:
