@@ -391,7 +391,8 @@ def test_restart_recovers_an_unreadable_or_old_record_and_keeps_the_users_files(
         before = (out / "results.json").read_bytes()
         code = main(_cli(*inputs, out))  # without --restart: refused, one line, untouched
         err = _one_line_error(capsys, code)
-        assert "--restart" in err and "restart=True" not in err, err
+        assert "--restart" in err, err
+        assert "restart=True" not in err, err
         assert (out / "results.json").read_bytes() == before
         assert main(_cli(*inputs, out, "--restart")) == 0, damage
         record = load_run(out)

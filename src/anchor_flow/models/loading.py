@@ -245,7 +245,7 @@ def _config_of(source: str) -> Any:
 
     try:
         return AutoConfig.from_pretrained(source, local_files_only=True)
-    except Exception:  # noqa: BLE001 (any failure: the loader's own message follows)
+    except Exception:
         return None
 
 

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from anchor_flow.errors import UnsupportedModelError
-from anchor_flow.models.tl_adapter import adapt, model_parameters
 from anchor_flow.models.offload import stored_tensor
+from anchor_flow.models.tl_adapter import adapt, model_parameters
 
 __all__ = ["NULL_MODEL_MAX_PARAMETERS", "n_parameters", "random_init_copy"]
 

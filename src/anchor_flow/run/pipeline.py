@@ -56,8 +56,8 @@ from anchor_flow.run.folder import (
     fingerprints,
     hold_lock,
     listed_files,
-    remove_listed,
     recovery_files,
+    remove_listed,
     remove_temporary,
 )
 from anchor_flow.run.steps import STEP_FILES, RunContext, model_info, run_step
