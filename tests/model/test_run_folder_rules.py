@@ -9,6 +9,7 @@ the folder is created.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -400,3 +401,42 @@ def test_restart_recovers_an_unreadable_or_old_record_and_keeps_the_users_files(
         assert "fingerprint" in record
         assert (out / "notes.md").read_text() == "mine"
         assert (out / "deep" / "data.txt").read_text() == "mine too"
+
+
+def test_a_resume_after_a_kill_keeps_a_file_the_user_put_in_the_steps_folder(
+    inputs, model, tmp_path
+) -> None:
+    out, config = tmp_path / "run", _config(*inputs)
+    record = run_experiments(model, out, config, progress=False)
+    record["experiments"]["deep"] = {"status": "running", "started": "x", "kept": []}  # killed
+    (out / "results.json").write_text(json.dumps(record))
+    (out / "deep" / "deep_meta.json").write_text("half-written by the killed step")
+    (out / "deep" / "notes.txt").write_text("mine, written after the kill")
+    run_experiments(model, out, config, progress=False)
+    assert (out / "deep" / "notes.txt").read_text() == "mine, written after the kill"
+    assert json.loads((out / "deep" / "deep_meta.json").read_text())["schema"]
+
+
+def test_data_refuses_to_replace_a_users_files_and_writes_readable_ones(tmp_path, capsys):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "train.jsonl").write_text('{"text": "mine", "label": 0}\n')
+    err = _one_line_error(capsys, main(["data", "--task", "synthetic-k3", "--out", str(out)]))
+    assert "train.jsonl" in err
+    assert (out / "train.jsonl").read_text() == '{"text": "mine", "label": 0}\n'
+    assert not (out / "test.jsonl").exists()  # nothing half-written
+    fresh = tmp_path / "fresh"
+    assert main(["data", "--task", "synthetic-k3", "--out", str(fresh)]) == 0
+    assert main(["data", "--task", "synthetic-k3", "--out", str(fresh)]) == 0  # same rows: kept
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("train.jsonl", "test.jsonl"):
+        assert (fresh / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_prompts_refuses_on_overflow_skip_it_cannot_apply(tmp_path, capsys) -> None:
+    out = tmp_path / "prompts.jsonl"
+    argv = ["prompts", "--task", "synthetic-k3", "--on-overflow", "skip", "--out", str(out)]
+    err = _one_line_error(capsys, main(argv))
+    assert "--on-overflow skip" in err
+    assert not out.exists()

@@ -34,9 +34,12 @@ Never imported by: analysis, applications, icl, models, report, results, run, te
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -146,8 +149,30 @@ _COMMANDS = {
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers and torchrun send): unwinds like Ctrl-C, so the running step
+    is recorded as interrupted and its partial files removed; exit code 143."""
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise Terminated(f"{signal.Signals(signum).name}, from a scheduler or launcher")
+
+
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``anchor-flow`` console script; returns the exit code."""
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from anchor_flow.errors import AnchorFlowError
@@ -171,10 +196,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if error.trace and os.environ.get("RANK", "0") == "0":
             sys.stderr.write(error.trace)
         return 1
+    except OSError as error:  # a full disk, a read-only folder: what write_atomic did not see
+        if error.errno not in _WRITE_ERRORS:
+            raise
+        where = f" {error.filename!r}" if error.filename else ""
+        sys.stderr.write(f"anchor-flow: error: cannot change{where} ({error.strerror}); free "
+                         "space or make the folder writable, then rerun the command\n")  # fmt: skip
+        return 2
+    except Terminated:
+        if _leader():  # under torchrun every rank gets it: one line
+            sys.stderr.write("anchor-flow: terminated (SIGTERM); rerun the command to resume\n")
+        return 143
     except KeyboardInterrupt:
         sys.stderr.write("anchor-flow: interrupted\n")
         return 130
     return 0
+
+
+def _leader() -> bool:
+    return os.environ.get("RANK", "0") in ("", "0")
 
 
 if __name__ == "__main__":

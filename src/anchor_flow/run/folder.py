@@ -42,6 +42,7 @@ from anchor_flow.models.offload import stored_tensor
 
 __all__ = [
     "LOCK_NAME",
+    "RESULT_SUFFIXES",
     "check_out",
     "fingerprints",
     "hold_lock",
@@ -151,7 +152,9 @@ def listed_files(record: Mapping[str, Any]) -> list[str]:
     return names
 
 
-_RESULT_SUFFIXES = (".npz", ".json", ".csv")  # what a step writes inside its folders
+#: What a step writes inside its folders (``<stem>.npz``, ``<stem>_meta.json``, CSVs): a file
+#: of another kind there (a user's notes) is never deleted by a resume or a recovery.
+RESULT_SUFFIXES = (".npz", ".json", ".csv")
 
 
 def recovery_files(directory: Path, layout: Sequence[str]) -> list[str]:
@@ -163,7 +166,7 @@ def recovery_files(directory: Path, layout: Sequence[str]) -> list[str]:
     """
     names = [n for n in layout if not n.endswith("/")]
     for folder in (n for n in layout if n.endswith("/")):
-        names += [f for f in contents(directory, [folder]) if f.endswith(_RESULT_SUFFIXES)]
+        names += [f for f in contents(directory, [folder]) if f.endswith(RESULT_SUFFIXES)]
     try:
         raw = json.loads((directory / "results.json").read_text())
         names += listed_files(raw) if isinstance(raw, dict) else []

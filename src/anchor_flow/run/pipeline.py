@@ -50,6 +50,7 @@ from anchor_flow.run.config import NOT_IN_RESULTS, RunConfig
 from anchor_flow.run.distributed import Ranks
 from anchor_flow.run.findings import NULL_FILES, update_findings
 from anchor_flow.run.folder import (
+    RESULT_SUFFIXES,
     changed,
     check_out,
     contents,
@@ -100,8 +101,9 @@ def _partial(directory: Path, name: str, entry: Mapping[str, Any]) -> list[str]:
     that were not there when it started; a failed step removed its own when it failed."""
     if entry.get("status") != "running":
         return []
-    kept = set(entry.get("kept", ()))
-    return [f for f in contents(directory, STEP_FILES.get(name, ())) if f not in kept]
+    kept, listed = set(entry.get("kept", ())), STEP_FILES.get(name, ())
+    return [f for f in contents(directory, listed)
+            if f not in kept and (f in listed or f.endswith(RESULT_SUFFIXES))]  # fmt: skip
 
 
 def _start(
@@ -345,10 +347,11 @@ def _run_steps(
         except BaseException as error:
             written = contents(directory, STEP_FILES[name])  # a failed step leaves no partials
             remove_listed(directory, [f for f in written if f not in before])
-            record["experiments"][name] = {
-                "status": "failed", "started": started, "error": f"{type(error).__name__}: "
-                f"{' '.join(str(error).split())}"[:500],
-            }  # fmt: skip
+            why = (f"interrupted ({error or 'SIGINT, Ctrl-C'}); rerun to resume"
+                   if isinstance(error, KeyboardInterrupt) else  # SIGTERM too (the CLI's)
+                   f"{type(error).__name__}: {' '.join(str(error).split())}")  # fmt: skip
+            record["experiments"][name] = {"status": "failed", "started": started,
+                                           "error": why[:500]}  # fmt: skip
             _write_json(directory / "results.json", {**record, "updated": _now()})
             if isinstance(error, Exception):  # the report shows the error (not on Ctrl-C)
                 with contextlib.suppress(Exception):
@@ -373,7 +376,5 @@ def _run_steps(
     if any(record.get(k) != v for k, v in findings.items()):
         record.update(findings)
         _write_json(directory / "results.json", {**record, "updated": _now()})
-        render_results_folder(directory)
-    if not (directory / "report.html").exists():
-        render_results_folder(directory)
+    render_results_folder(directory)  # rewritten only when it changed (a failed write before)
     return record
