@@ -249,7 +249,8 @@ def test_sigterm_is_one_line_143_and_the_step_is_recorded_interrupted(tmp_path) 
             os._exit(code)
     deadline = time.monotonic() + 300
     while not started.exists():
-        assert time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0)
+        assert time.monotonic() < deadline
+        assert os.waitpid(pid, os.WNOHANG) == (0, 0)
         time.sleep(0.05)
     os.kill(pid, signal.SIGTERM)
     code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
