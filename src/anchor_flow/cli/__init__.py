@@ -54,7 +54,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (no usage dump): ``anchor-flow run: error: ...``."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} -h)\n")
+        line = f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} -h)\n"
+        self.exit(2, line if _leader() else None)  # under torchrun: rank 0's line alone
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -186,15 +187,13 @@ def _main(argv: Sequence[str] | None) -> int:
         check_counts(args)
         validate.check_args(args)
         _COMMANDS[args.command](args)
-    except AnchorFlowError as error:
+    except AnchorFlowError as error:  # every rank of a torchrun run has it: rank 0 says it
         message = " ".join(str(error).split())  # one line, whatever the message holds
         message = message.replace("restart=True (--restart)", "--restart")  # the CLI's word
-        sys.stderr.write(f"anchor-flow: error: {message}\n")
+        _say(f"anchor-flow: error: {message}\n")
         return 2
     except DistributedRunError as error:  # another rank failed; rank 0 shows its traceback
-        sys.stderr.write(f"anchor-flow: error: {error}\n")
-        if error.trace and os.environ.get("RANK", "0") == "0":
-            sys.stderr.write(error.trace)
+        _say(f"anchor-flow: error: {error}\n{error.trace}")
         return 1
     except OSError as error:  # a full disk, a read-only folder: what write_atomic did not see
         if error.errno not in _WRITE_ERRORS:
@@ -203,9 +202,13 @@ def _main(argv: Sequence[str] | None) -> int:
         sys.stderr.write(f"anchor-flow: error: cannot change{where} ({error.strerror}); free "
                          "space or make the folder writable, then rerun the command\n")  # fmt: skip
         return 2
+    except RuntimeError:  # a collective failed: a rank died (else a bug: the traceback)
+        if not _lost_rank():
+            raise
+        return 1
     except Terminated:
-        if _leader():  # under torchrun every rank gets it: one line
-            sys.stderr.write("anchor-flow: terminated (SIGTERM); rerun the command to resume\n")
+        if not _lost_rank():  # the launcher stops the others when one rank died
+            _say("anchor-flow: terminated (SIGTERM); rerun the command to resume\n")
         return 143
     except KeyboardInterrupt:
         sys.stderr.write("anchor-flow: interrupted\n")
@@ -215,6 +218,22 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def _leader() -> bool:
     return os.environ.get("RANK", "0") in ("", "0")
+
+
+def _say(text: str) -> None:
+    if _leader():
+        sys.stderr.write(text)
+
+
+def _lost_rank() -> bool:
+    """Under torchrun: say which rank died (rank 0 only), if one did."""
+    from anchor_flow.run.distributed import lost_ranks
+
+    lost = lost_ranks()
+    if lost:
+        _say(f"anchor-flow: error: {', '.join(lost)} died (killed, or out of memory); the "
+             "others stopped, the folder is consistent: rerun the command to resume\n")  # fmt: skip
+    return bool(lost)
 
 
 if __name__ == "__main__":
