@@ -14,6 +14,7 @@ caching beyond what ``datasets`` does itself.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -198,14 +199,18 @@ def save_task_data(
             "writable folder path"
         ) from error
     for name, text in texts.items():
-        if not (target / name).exists() or _read(target / name) != text:
-            write_atomic(target / name, lambda handle, text=text: handle.write(text))
+        if _read(target / name) != text:  # the same rows: kept as they are
+            write_atomic(target / name, functools.partial(_write, text))
     return target
 
 
 def _jsonl(examples: tuple[Example, ...]) -> bytes:
     lines = (json.dumps({"text": e.text, "label": e.label}, ensure_ascii=False) for e in examples)
     return "".join(line + "\n" for line in lines).encode("utf-8")
+
+
+def _write(text: bytes, handle: Any) -> None:
+    handle.write(text)
 
 
 def _read(path: Path) -> bytes | None:

@@ -53,7 +53,7 @@ def write_atomic(target: Path, write: Callable[[Any], Any]) -> None:
 
 
 def _unwritable(target: Path, error: OSError) -> ResultsError:
-    reason = error.strerror or type(error).__name__
+    reason = error.strerror or str(error) or type(error).__name__
     return ResultsError(
         f"cannot write {str(target)!r} ({reason}); free space on that disk or make the folder "
         "and the file writable, then rerun the command (what is there is whole: a run resumes)"
