@@ -440,3 +440,19 @@ def test_prompts_refuses_on_overflow_skip_it_cannot_apply(tmp_path, capsys) -> N
     err = _one_line_error(capsys, main(argv))
     assert "--on-overflow skip" in err
     assert not out.exists()
+
+
+def test_ctrl_c_in_a_step_is_recorded_as_interrupted(inputs, model, tmp_path, monkeypatch):
+    import anchor_flow.run.steps as steps
+
+    def pressed(run):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    monkeypatch.setitem(steps.STEPS, "deep", pressed)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiments(model, out, _config(*inputs), progress=False)
+    entry = load_run(out)["experiments"]["deep"]
+    assert (entry["status"], entry["error"]) == (
+        "failed", "interrupted (SIGINT, Ctrl-C); rerun to resume"
+    )  # fmt: skip

@@ -347,7 +347,7 @@ def _run_steps(
         except BaseException as error:
             written = contents(directory, STEP_FILES[name])  # a failed step leaves no partials
             remove_listed(directory, [f for f in written if f not in before])
-            why = (f"interrupted ({error or 'SIGINT, Ctrl-C'}); rerun to resume"
+            why = (f"interrupted ({str(error) or 'SIGINT, Ctrl-C'}); rerun to resume"
                    if isinstance(error, KeyboardInterrupt) else  # SIGTERM too (the CLI's)
                    f"{type(error).__name__}: {' '.join(str(error).split())}")  # fmt: skip
             record["experiments"][name] = {"status": "failed", "started": started,
