@@ -456,3 +456,14 @@ def test_ctrl_c_in_a_step_is_recorded_as_interrupted(inputs, model, tmp_path, mo
     assert (entry["status"], entry["error"]) == (
         "failed", "interrupted (SIGINT, Ctrl-C); rerun to resume"
     )  # fmt: skip
+
+
+def test_a_broken_config_json_is_named_not_the_tokenizer(tmp_path, capsys) -> None:
+    folder = _copy_of_planted(tmp_path)
+    (folder / "config.json").write_text('{"model_type": "gpt2", ')  # cut short
+    argv = ["run", "--model", str(folder), "--task", "synthetic-k3", "--seeds", "42",
+            "--n-examples", "4", "--experiments", "deep", "--quiet",
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    err = _one_line_error(capsys, main(argv))
+    assert "config.json' is not readable JSON" in err
+    assert "tokenizer" not in err
