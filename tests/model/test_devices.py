@@ -185,3 +185,53 @@ def test_split_model_equals_single_device_in_every_experiment(prompts: list[Any]
     devices = {p.device.type for p in split.original_model.parameters()}
     assert devices == {"cuda", "cpu"}, devices
     _assert_every_experiment_equal(single, split, prompts)
+
+
+# -- issue 28: device maps checked against this machine and the model before any weight -----
+
+_NO_CUDA = not torch.cuda.is_available()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        pytest.param({"transformer.h.1": 0}, r"on 0, but this PyTorch build sees 0 CUDA device",
+                     marks=pytest.mark.skipif(not _NO_CUDA, reason="needs a CPU-only build")),
+        ({"transformer.h.1": "tpu"}, r"on 'tpu', which is not a device; expected a GPU index"),
+        ({"transformer.h.1": "cuda:99"}, r"on 'cuda:99', but this PyTorch build sees \d+ CUDA"),
+        ({"transformer.h.7": "cpu"}, r"names 'transformer.h.7', which this model does not have; "
+                                     r"expected module names such as 'transformer.h.0'"),
+        ({"transformer.h.1": None}, r"leaves out 'transformer.h.1' \(12 parameter"),
+    ],
+)  # fmt: skip
+def test_device_map_mistakes_are_named_before_any_weight_is_read(
+    monkeypatch: pytest.MonkeyPatch, changes: dict[str, Any], message: str
+) -> None:
+    import anchor_flow.models.loading as loading
+
+    def never(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("the weights were read before the map was checked")
+
+    monkeypatch.setattr(loading, "_load_hf", never)
+    device_map = {**_planted_map("cpu", "cpu"), **changes}
+    device_map = {k: v for k, v in device_map.items() if v is not None}
+    with pytest.raises(ModelLoadError, match=message):
+        load_model("planted-anchor", tl_class="bridge", device_map=device_map)
+
+
+def test_disk_offload_runs_every_experiment_and_the_fingerprint_reads_its_weights(
+    prompts: list[Any], tmp_path: Path
+) -> None:
+    from anchor_flow.models.null import random_init_copy
+    from anchor_flow.run.folder import _digest, _parameter_bytes
+
+    single = load_model("planted-anchor", tl_class="bridge")
+    offloaded = load_model(
+        "planted-anchor", tl_class="bridge", device_map=_planted_map("cpu", "disk")
+    )
+    assert any(p.is_meta for p in offloaded.original_model.parameters())  # really offloaded
+    # The weights fingerprint once crashed here ("Cannot copy out of meta tensor").
+    assert _digest(_parameter_bytes(offloaded)) == _digest(_parameter_bytes(single))
+    nulls = [random_init_copy(m, seed=0) for m in (single, offloaded)]  # the findings' null
+    assert _digest(_parameter_bytes(nulls[0])) == _digest(_parameter_bytes(nulls[1]))
+    _assert_every_experiment_equal(single, offloaded, prompts[:6])

@@ -8,10 +8,13 @@ numbers are deterministic and quick (compression's Table 3 is wall-clock time).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from importlib import resources
@@ -94,3 +97,165 @@ def test_killed_runs_resume_to_the_uninterrupted_results(tmp_path: Path) -> None
     for name, path in reference_files.items():
         if name not in ("results.json", "report.html"):
             assert _same(files[name], path), name
+
+
+# -- issue 28: a full disk, a read-only folder, an immutable record, SIGTERM -----------------
+
+SMALL = RunConfig(task="synthetic-k3", seeds=(42,), n_examples=4, experiments=("deep",),
+                  null_model="none")  # fmt: skip
+CLI = ["run", "--model", "planted-anchor", "--task", "synthetic-k3", "--seeds", "42",
+       "--n-examples", "4", "--experiments", "deep", "--null-model", "none", "--quiet"]  # fmt: skip
+ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished one-experiment run (copy it before changing it)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    run_experiments(load_model("planted-anchor"), out, SMALL, progress=False)
+    return out
+
+
+def _in_child(call, err: Path, limit: int | None = None) -> int:
+    """``call()``'s return value as the exit code of a forked child; its stderr into ``err``."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+            sys.stderr = open(2, "w", closefd=False)  # (pytest captures sys.stderr)  # noqa: SIM115
+            if limit is not None:  # a file-size limit: writes past it fail with EFBIG
+                import resource
+
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+            torch.set_num_threads(1)
+            code = call()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _one_line(err: Path, code: int, expected: int = 2) -> str:
+    text = err.read_text()
+    assert code == expected, text
+    assert "Traceback" not in text, text
+    assert len(text.strip().splitlines()) == 1, text
+    return text
+
+
+@contextlib.contextmanager
+def _tmpfs(folder: Path, size: str):
+    folder.mkdir()
+    if not ROOT or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                                   str(folder)], capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("a small tmpfs needs root and mount (the rlimit case covers a full disk)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+@pytest.mark.parametrize("disk", ["tmpfs", "rlimit"])
+def test_a_full_disk_is_one_line_and_leaves_no_half_report(finished, tmp_path, disk) -> None:
+    from anchor_flow.cli import main
+
+    with contextlib.ExitStack() as stack:
+        where = tmp_path / "disk"
+        if disk == "tmpfs":  # 1 MiB: the folder fits, the ~5 MB report does not
+            stack.enter_context(_tmpfs(where, "1m"))
+        else:
+            where.mkdir()
+        out = where / "run"
+        shutil.copytree(finished, out, ignore=shutil.ignore_patterns("report.html"))
+        before = _files(out)
+        limit = None if disk == "tmpfs" else 1 << 20
+        code = _in_child(lambda: main(["report", str(out)]), tmp_path / "err", limit)
+        text = _one_line(tmp_path / "err", code)
+        assert "report.html" in text, text
+        assert sorted(_files(out)) == sorted(before)  # no half report, no temporary file
+
+
+@pytest.mark.skipif(not ROOT, reason="a read-only bind mount needs root (root ignores modes)")
+def test_report_into_a_read_only_folder_is_one_line(finished, tmp_path) -> None:
+    from anchor_flow.cli import main
+
+    out = tmp_path / "run"
+    shutil.copytree(finished, out, ignore=shutil.ignore_patterns("report.html"))
+    mounted = subprocess.run(["mount", "--bind", str(out), str(out)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(out)], check=True)
+        code = _in_child(lambda: main(["report", str(out)]), tmp_path / "err")
+        assert "Read-only file system" in _one_line(tmp_path / "err", code)
+    finally:
+        subprocess.run(["umount", str(out)], check=False)
+
+
+@pytest.mark.skipif(not ROOT or shutil.which("chattr") is None, reason="chattr +i needs root")
+def test_an_immutable_results_json_is_one_line(finished, tmp_path) -> None:
+    from anchor_flow.cli import main
+
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    if subprocess.run(["chattr", "+i", str(out / "results.json")]).returncode != 0:
+        pytest.skip("this file system has no immutable flag")
+    try:  # resuming with one more experiment must update the record
+        argv = [*CLI, "--experiments", "deep,isolation", "--out", str(out)]
+        code = _in_child(lambda: main(argv), tmp_path / "err")
+        assert "results.json" in _one_line(tmp_path / "err", code)
+    finally:
+        subprocess.run(["chattr", "-i", str(out / "results.json")], check=False)
+
+
+def test_a_report_that_did_not_change_is_not_rewritten(finished, tmp_path) -> None:
+    from anchor_flow import render_results_folder
+
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    before = (out / "report.html").stat()
+    render_results_folder(out)
+    after = (out / "report.html").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_sigterm_is_one_line_143_and_the_step_is_recorded_interrupted(tmp_path) -> None:
+    import anchor_flow.run.steps as steps
+    from anchor_flow.cli import main
+
+    out, started = tmp_path / "run", tmp_path / "started"
+
+    def slow(run):
+        (run.out / "deep").mkdir(exist_ok=True)
+        (run.out / "deep" / "deep_meta.json").write_text("half")  # a partial file
+        started.write_text("deep")
+        time.sleep(120)
+
+    def child() -> int:
+        steps.STEPS["deep"] = slow  # (in the forked child only)
+        return main([*CLI, "--out", str(out)])
+
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.dup2(os.open(tmp_path / "err", os.O_WRONLY | os.O_CREAT), 2)
+            sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+            code = child()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    deadline = time.monotonic() + 300
+    while not started.exists():
+        assert time.monotonic() < deadline
+        assert os.waitpid(pid, os.WNOHANG) == (0, 0)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGTERM)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    assert "terminated (SIGTERM)" in _one_line(tmp_path / "err", code, 143)
+    entry = load_run(out)["experiments"]["deep"]
+    assert entry["status"] == "failed", entry
+    assert entry["error"].startswith("interrupted (SIGTERM"), entry
+    assert not (out / "deep" / "deep_meta.json").exists()  # the partial file is gone

@@ -9,6 +9,8 @@ the folder is created.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -254,7 +256,9 @@ def test_label_words_and_prompt_lengths_are_checked_before_the_folder(inputs, mo
 def test_reweighting_class_counts_are_checked_before_the_folder(inputs, model, tmp_path):
     out = tmp_path / "run"
     config = _config(*inputs, experiments=("deep", "reweighting"), train_per_class=4)
-    with pytest.raises(AnchorFlowError, match=r"the training split has \[4, 4\]"):
+    with pytest.raises(
+        AnchorFlowError, match=r"the training split has 'negative': 4, 'positive': 4$"
+    ):
         run_experiments(model, out, config, progress=False)
     assert not out.exists()
 
@@ -353,3 +357,113 @@ def test_ctrl_c_during_start_up_is_one_line_and_exit_130(monkeypatch, tmp_path, 
     assert main(["run", "--quiet", "--out", str(tmp_path / "run")]) == 130
     assert capsys.readouterr().err == "anchor-flow: interrupted\n"
     assert not (tmp_path / "run").exists()
+
+
+# -- issue 28: records nothing could read; fingerprint-less records; the CLI's own words ----
+
+
+def _damaged_copies(inputs, model, tmp_path: Path) -> dict[str, Path]:
+    """One complete run, copied three times: results.json truncated (a crash, a full disk),
+    from an older schema, and without its fingerprint; each copy holds a user's files too."""
+    reference = tmp_path / "reference"
+    run_experiments(model, reference, _config(*inputs), progress=False)
+    copies = {}
+    for damage in ("truncated", "old-schema", "no-fingerprint"):
+        out = copies[damage] = tmp_path / damage
+        shutil.copytree(reference, out)
+        (out / "notes.md").write_text("mine")
+        (out / "deep" / "data.txt").write_text("mine too")
+        record = json.loads((out / "results.json").read_text())
+        if damage == "truncated":
+            (out / "results.json").write_text((out / "results.json").read_text()[:300])
+        elif damage == "old-schema":
+            (out / "results.json").write_text(json.dumps({**record, "schema": "anchor_flow.run/0"}))
+        else:
+            del record["fingerprint"]
+            (out / "results.json").write_text(json.dumps(record))
+    return copies
+
+
+def test_restart_recovers_an_unreadable_or_old_record_and_keeps_the_users_files(
+    inputs, model, tmp_path, capsys
+) -> None:
+    copies = _damaged_copies(inputs, model, tmp_path)
+    for damage, out in copies.items():
+        before = (out / "results.json").read_bytes()
+        code = main(_cli(*inputs, out))  # without --restart: refused, one line, untouched
+        err = _one_line_error(capsys, code)
+        assert "--restart" in err, err
+        assert "restart=True" not in err, err
+        assert (out / "results.json").read_bytes() == before
+        assert main(_cli(*inputs, out, "--restart")) == 0, damage
+        record = load_run(out)
+        assert record["experiments"]["deep"]["status"] == "complete"
+        assert "fingerprint" in record
+        assert (out / "notes.md").read_text() == "mine"
+        assert (out / "deep" / "data.txt").read_text() == "mine too"
+
+
+def test_a_resume_after_a_kill_keeps_a_file_the_user_put_in_the_steps_folder(
+    inputs, model, tmp_path
+) -> None:
+    out, config = tmp_path / "run", _config(*inputs)
+    record = run_experiments(model, out, config, progress=False)
+    record["experiments"]["deep"] = {"status": "running", "started": "x", "kept": []}  # killed
+    (out / "results.json").write_text(json.dumps(record))
+    (out / "deep" / "deep_meta.json").write_text("half-written by the killed step")
+    (out / "deep" / "notes.txt").write_text("mine, written after the kill")
+    run_experiments(model, out, config, progress=False)
+    assert (out / "deep" / "notes.txt").read_text() == "mine, written after the kill"
+    assert json.loads((out / "deep" / "deep_meta.json").read_text())["schema"]
+
+
+def test_data_refuses_to_replace_a_users_files_and_writes_readable_ones(tmp_path, capsys):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "train.jsonl").write_text('{"text": "mine", "label": 0}\n')
+    err = _one_line_error(capsys, main(["data", "--task", "synthetic-k3", "--out", str(out)]))
+    assert "train.jsonl" in err
+    assert (out / "train.jsonl").read_text() == '{"text": "mine", "label": 0}\n'
+    assert not (out / "test.jsonl").exists()  # nothing half-written
+    fresh = tmp_path / "fresh"
+    assert main(["data", "--task", "synthetic-k3", "--out", str(fresh)]) == 0
+    assert main(["data", "--task", "synthetic-k3", "--out", str(fresh)]) == 0  # same rows: kept
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("train.jsonl", "test.jsonl"):
+        assert (fresh / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+def test_prompts_refuses_on_overflow_skip_it_cannot_apply(tmp_path, capsys) -> None:
+    out = tmp_path / "prompts.jsonl"
+    argv = ["prompts", "--task", "synthetic-k3", "--on-overflow", "skip", "--out", str(out)]
+    err = _one_line_error(capsys, main(argv))
+    assert "--on-overflow skip" in err
+    assert not out.exists()
+
+
+def test_ctrl_c_in_a_step_is_recorded_as_interrupted(inputs, model, tmp_path, monkeypatch):
+    import anchor_flow.run.steps as steps
+
+    def pressed(run):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    monkeypatch.setitem(steps.STEPS, "deep", pressed)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiments(model, out, _config(*inputs), progress=False)
+    entry = load_run(out)["experiments"]["deep"]
+    assert (entry["status"], entry["error"]) == (
+        "failed", "interrupted (SIGINT, Ctrl-C); rerun to resume"
+    )  # fmt: skip
+
+
+def test_a_broken_config_json_is_named_not_the_tokenizer(tmp_path, capsys) -> None:
+    folder = _copy_of_planted(tmp_path)
+    (folder / "config.json").write_text('{"model_type": "gpt2", ')  # cut short
+    argv = ["run", "--model", str(folder), "--task", "synthetic-k3", "--seeds", "42",
+            "--n-examples", "4", "--experiments", "deep", "--quiet",
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    err = _one_line_error(capsys, main(argv))
+    assert "config.json' is not readable JSON" in err
+    assert "tokenizer" not in err

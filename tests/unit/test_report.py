@@ -11,7 +11,7 @@ import torch
 from anchor_flow.analysis.edges import FINE_GROUPS
 from anchor_flow.analysis.flows import InformationFlow
 from anchor_flow.analysis.saliency.result import SaliencyResult
-from anchor_flow.errors import AnchorFlowError
+from anchor_flow.errors import AnchorFlowError, ResultsError
 from anchor_flow.icl.roles import Role
 from anchor_flow.report.html import ReportSection, write_report
 from anchor_flow.report.sections import saliency_report_sections
@@ -117,7 +117,7 @@ def test_failed_write_leaves_no_temporary_file(
         raise OSError("disk full")
 
     monkeypatch.setattr("anchor_flow.report.html.os.replace", fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ResultsError, match=r"cannot write '.*report\.html' \(disk full\)"):
         write_report(tmp_path / "report.html", [section("Fine")], title="t")
     assert leftovers(tmp_path) == []
 

@@ -38,9 +38,12 @@ Never imported by: analysis, applications, icl, models, report, results, run, te
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -63,7 +66,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (no usage dump): ``anchor-flow run: error: ...``."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} -h)\n")
+        line = f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} -h)\n"
+        self.exit(2, line if _leader() else None)  # under torchrun: rank 0's line alone
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -163,8 +167,30 @@ _COMMANDS = {
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers and torchrun send): unwinds like Ctrl-C, so the running step
+    is recorded as interrupted and its partial files removed; exit code 143."""
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise Terminated(f"{signal.Signals(signum).name}, from a scheduler or launcher")
+
+
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``anchor-flow`` console script; returns the exit code."""
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from anchor_flow.errors import AnchorFlowError
@@ -178,19 +204,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_counts(args)
         validate.check_args(args)
         _COMMANDS[args.command](args)
-    except AnchorFlowError as error:
+    except AnchorFlowError as error:  # every rank of a torchrun run has it: rank 0 says it
         message = " ".join(str(error).split())  # one line, whatever the message holds
-        sys.stderr.write(f"anchor-flow: error: {message}\n")
+        message = message.replace("restart=True (--restart)", "--restart")  # the CLI's word
+        _say(f"anchor-flow: error: {message}\n")
         return 2
     except DistributedRunError as error:  # another rank failed; rank 0 shows its traceback
-        sys.stderr.write(f"anchor-flow: error: {error}\n")
-        if error.trace and os.environ.get("RANK", "0") == "0":
-            sys.stderr.write(error.trace)
+        _say(f"anchor-flow: error: {error}\n{error.trace}")
         return 1
+    except OSError as error:  # a full disk, a read-only folder: what write_atomic did not see
+        if error.errno not in _WRITE_ERRORS:
+            raise
+        where = f" {error.filename!r}" if error.filename else ""
+        sys.stderr.write(f"anchor-flow: error: cannot change{where} ({error.strerror}); free "
+                         "space or make the folder writable, then rerun the command\n")  # fmt: skip
+        return 2
+    except RuntimeError:  # a collective failed: a rank died (else a bug: the traceback)
+        if not _lost_rank():
+            raise
+        return 1
+    except Terminated:
+        if not _lost_rank():  # the launcher stops the others when one rank died
+            _say("anchor-flow: terminated (SIGTERM); rerun the command to resume\n")
+        return 143
     except KeyboardInterrupt:
         sys.stderr.write("anchor-flow: interrupted\n")
         return 130
     return 0
+
+
+def _leader() -> bool:
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+def _say(text: str) -> None:
+    if _leader():
+        sys.stderr.write(text)
+
+
+def _lost_rank() -> bool:
+    """Under torchrun: say which rank died (rank 0 only), if one did."""
+    from anchor_flow.run.distributed import lost_ranks
+
+    lost = lost_ranks()
+    if lost:
+        _say(f"anchor-flow: error: {', '.join(lost)} died (killed, or out of memory); the "
+             "others stopped, the folder is consistent: rerun the command to resume\n")  # fmt: skip
+    return bool(lost)
 
 
 if __name__ == "__main__":

@@ -145,7 +145,7 @@ def run_data_command(args: argparse.Namespace) -> None:
     from anchor_flow.icl.data import load_task_data, save_task_data
 
     data = load_task_data(args.task)
-    folder = save_task_data(data, args.out)
+    folder = save_task_data(data, args.out, overwrite=False)  # never a user's own files
     say(f"anchor-flow: wrote {len(data.train)} train and {len(data.test)} test rows to {folder}")
 
 

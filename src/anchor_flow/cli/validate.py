@@ -67,6 +67,12 @@ def check_args(args: argparse.Namespace) -> None:
         check_out(args.out, owned_if=_OWNED_IF)
     elif args.command == "run" and args.out is not None and _one_process():
         check_out(args.out)  # a data-parallel run checks it on rank 0, agreed by every rank
+    if args.command == "prompts" and args.on_overflow != "error":
+        raise AnchorFlowError(
+            f"--on-overflow {args.on_overflow}: anchor-flow prompts loads no model, so it "
+            "cannot measure prompt lengths; pass --on-overflow skip to the command that reads "
+            "the file (anchor-flow saliency --prompts FILE --on-overflow skip)"
+        )
 
 
 def _one_process() -> bool:

@@ -14,11 +14,11 @@ caching beyond what ``datasets`` does itself.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,12 +145,15 @@ def read_examples(path: str | os.PathLike[str], *, task: Task) -> tuple[Example,
     return _frame_examples(_read_frame(path), task, repr(str(path)))
 
 
-def save_task_data(data: TaskData, directory: str | os.PathLike[str]) -> Path:
+def save_task_data(
+    data: TaskData, directory: str | os.PathLike[str], *, overwrite: bool = True
+) -> Path:
     """Write ``train.jsonl`` and ``test.jsonl`` (columns text,label) into ``directory``.
 
     Run it once on a machine with network access; afterwards
     ``load_task_data(task, data_dir=directory)`` works offline. Each file is written atomically
-    (temp file + ``os.replace``); other files in ``directory`` are left alone.
+    (temp file + ``os.replace``) with the umask's permissions; other files in ``directory``
+    are left alone.
 
     Example:
         >>> import tempfile, pathlib
@@ -161,10 +164,33 @@ def save_task_data(data: TaskData, directory: str | os.PathLike[str]) -> Path:
         >>> load_task_data("sst2", data_dir=save_task_data(data, folder / "copy")).test
         (Example(text='fun', label=1),)
 
+    Args:
+        data: the splits to write.
+        directory: the folder (created if needed).
+        overwrite: replace an existing ``train.jsonl`` / ``test.jsonl`` of other content;
+            with ``False`` (what ``anchor-flow data`` passes) such a file is refused and
+            nothing is written. A file that already holds exactly these rows is kept.
+
     Returns:
         The directory, created if needed.
+
+    Raises:
+        TaskError: ``directory`` cannot be created, or (``overwrite=False``) holds a
+            ``train.jsonl`` / ``test.jsonl`` with other rows.
     """
+    from anchor_flow.results.files import write_atomic
+
     target = Path(directory)
+    texts = {f"{name}.jsonl": _jsonl(examples)
+             for name, examples in (("train", data.train), ("test", data.test))}  # fmt: skip
+    if not overwrite and target.is_dir():
+        other = [n for n, t in texts.items() if (target / n).exists() and _read(target / n) != t]
+        if other:
+            raise TaskError(
+                f"{str(target / other[0])!r} exists and holds other rows than "
+                f"{data.source!r}; move it away or choose another --out folder (nothing was "
+                "written)"
+            )
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -172,22 +198,26 @@ def save_task_data(data: TaskData, directory: str | os.PathLike[str]) -> Path:
             f"cannot create data folder {str(target)!r} ({error.strerror}); expected a "
             "writable folder path"
         ) from error
-    for name, examples in (("train", data.train), ("test", data.test)):
-        _write_jsonl_atomically(target / f"{name}.jsonl", examples)
+    for name, text in texts.items():
+        if _read(target / name) != text:  # the same rows: kept as they are
+            write_atomic(target / name, functools.partial(_write, text))
     return target
 
 
-def _write_jsonl_atomically(path: Path, examples: tuple[Example, ...]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _jsonl(examples: tuple[Example, ...]) -> bytes:
+    lines = (json.dumps({"text": e.text, "label": e.label}, ensure_ascii=False) for e in examples)
+    return "".join(line + "\n" for line in lines).encode("utf-8")
+
+
+def _write(text: bytes, handle: Any) -> None:
+    handle.write(text)
+
+
+def _read(path: Path) -> bytes | None:
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for example in examples:
-                record = {"text": example.text, "label": example.label}
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def _find_split_files(task: Task, data_dir: Path) -> tuple[Path, dict[str, Path]]:

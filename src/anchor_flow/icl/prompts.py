@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -203,16 +202,10 @@ def save_prompts(path: str | os.PathLike[str], prompts: Sequence[ICLPrompt]) -> 
         >>> save_prompts(path, toy_prompts(2)); len(load_prompts(path))
         2
     """
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for prompt in prompts:
-                f.write(json.dumps(prompt.to_dict(), ensure_ascii=False) + "\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from anchor_flow.results.files import write_atomic
+
+    text = "".join(json.dumps(p.to_dict(), ensure_ascii=False) + "\n" for p in prompts)
+    write_atomic(Path(path), lambda handle: handle.write(text.encode("utf-8")))
 
 
 def load_prompts(path: str | os.PathLike[str]) -> list[ICLPrompt]:

@@ -11,6 +11,7 @@ Deliberately not here: TransformerLens internals (see :mod:`anchor_flow.models.t
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -23,6 +24,7 @@ import torch
 
 from anchor_flow.errors import ModelLoadError, UnsupportedModelError
 from anchor_flow.models import bos, guards, hub, tl_adapter, tl_build
+from anchor_flow.models.device_maps import check_device_map_entries
 
 __all__ = [
     "builtin_model_names",
@@ -166,6 +168,13 @@ def _load_hf(
                 f"{source!r} is a folder without config.json; expected a Hugging Face "
                 "checkpoint folder (config.json, weights, tokenizer files)"
             )
+        try:  # else AutoTokenizer, which reads it first, blames the tokenizer files
+            json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(
+                f"{str(folder / 'config.json')!r} is not readable JSON ({error}); expected the "
+                "config.json that model.save_pretrained(folder) writes"
+            ) from None
         if not any(next(folder.glob(p), None) for p in _WEIGHT_PATTERNS):
             raise ModelLoadError(
                 f"{source!r} has no weights (no *.safetensors or *.bin); expected a Hugging "
@@ -227,6 +236,17 @@ def _check_device_map(device_map: DeviceMap | None, kind: str, device: Any) -> N
         raise ModelLoadError(
             "device_map needs the accelerate package; pip install accelerate"
         ) from error
+
+
+def _config_of(source: str) -> Any:
+    """The checkpoint's config from local files, or None (then only the devices are checked
+    here; the loader reports an unreadable checkpoint in its own words)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source, local_files_only=True)
+    except Exception:
+        return None
 
 
 def _unreadable_weights(source: str, error: Exception) -> str:
@@ -310,6 +330,8 @@ def load_model(
                     f"{source!r} does not exist; expected a built-in name "
                     f"({', '.join(builtin_model_names())}), a checkpoint folder or a hub name"
                 )
+        if isinstance(device_map, dict):  # devices and module names, before any weight
+            check_device_map_entries(device_map, _config_of(folder))
         hf_model, tokenizer = _load_hf(
             folder, is_folder=is_folder, device=device, dtype=dtype, device_map=device_map
         )

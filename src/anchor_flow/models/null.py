@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from anchor_flow.errors import UnsupportedModelError
+from anchor_flow.models.offload import stored_tensor
 from anchor_flow.models.tl_adapter import adapt, model_parameters
 
 __all__ = ["NULL_MODEL_MAX_PARAMETERS", "n_parameters", "random_init_copy"]
@@ -45,7 +46,7 @@ def _copy_normalisation(source: Any, target: Any) -> None:
     compared without that part.
     """
     parameters = {
-        name.replace("._original_component", "").replace("_original_component.", ""): p
+        name.replace("._original_component", "").replace("_original_component.", ""): (name, p)
         for name, p in source.named_parameters()
     }
     with torch.no_grad():
@@ -53,9 +54,10 @@ def _copy_normalisation(source: Any, target: Any) -> None:
             if "Norm" not in type(module).__name__:
                 continue
             for key, parameter in module.named_parameters(recurse=False):
-                found = parameters.get(f"{name}.{key}" if name else key)
+                source_name, found = parameters.get(f"{name}.{key}" if name else key, ("", None))
                 if found is not None and found.shape == parameter.shape:
-                    parameter.copy_(found)
+                    # an offloaded parameter (a device map's "disk") is read from its store
+                    parameter.copy_(stored_tensor(source, source_name) if found.is_meta else found)
 
 
 def random_init_copy(model: Any, seed: int = 0) -> Any:

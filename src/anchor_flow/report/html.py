@@ -173,7 +173,8 @@ def write_report(
 
     The whole page is rendered in memory first and then written to a temporary file in the
     destination folder that is renamed into place, so ``path`` never holds a half-written
-    report, also when a figure fails to render.
+    report, also when a figure fails to render (or the disk fills up). A report that would
+    not change is not rewritten.
 
     Example:
         >>> sections = saliency_report_sections(result.flows(), result)  # doctest: +SKIP
@@ -196,5 +197,7 @@ def write_report(
     page = _render(sections, title, dict(settings or {}))
     path.parent.mkdir(parents=True, exist_ok=True)
     data = page.encode("utf-8")
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return path  # nothing changed: not rewritten (the report is ~5 MB)
     write_atomic(path, lambda handle: handle.write(data))
     return path

@@ -31,16 +31,33 @@ os.umask(_UMASK)
 
 
 def write_atomic(target: Path, write: Callable[[Any], Any]) -> None:
-    """Write ``target`` through a temporary file in its folder renamed into place."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    """Write ``target`` through a temporary file in its folder renamed into place.
+
+    ``target`` is whole or untouched, whatever happens; a failure to write (a full disk, a
+    read-only folder, an immutable file) is one :class:`ResultsError` naming the file.
+    """
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as error:
+        raise _unwritable(target, error) from error
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
         with os.fdopen(fd, "wb") as handle:
             write(handle)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise _unwritable(target, error) from error
         raise
+
+
+def _unwritable(target: Path, error: OSError) -> ResultsError:
+    reason = error.strerror or str(error) or type(error).__name__
+    return ResultsError(
+        f"cannot write {str(target)!r} ({reason}); free space on that disk or make the folder "
+        "and the file writable, then rerun the command (what is there is whole: a run resumes)"
+    )
 
 
 def save_arrays(

@@ -26,6 +26,7 @@ Deliberately not here: what is sharded and how results are joined (the steps and
 from __future__ import annotations
 
 import os
+import socket
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ __all__ = [
     "TIMEOUT",
     "DistributedRunError",
     "Ranks",
+    "lost_ranks",
     "rank_device",
     "shard_bounds",
     "start_ranks",
@@ -262,7 +264,40 @@ def start_ranks() -> Ranks:
                 f"WORLD_SIZE={size} but the process group did not start ({error}); start "
                 "data-parallel runs with torchrun or accelerate launch"
             ) from error
-    return Ranks.current()
+    ranks = Ranks.current()
+    _PEERS.clear()
+    _PEERS.update(enumerate(ranks.everyone((socket.gethostname(), os.getpid()))))
+    return ranks
+
+
+# Every rank's host and process id (start_ranks): a rank that dies can be named.
+_PEERS: dict[int, tuple[str, int]] = {}
+
+
+def lost_ranks() -> list[str]:
+    """The ranks on this machine whose process has ended, e.g. ``["rank 1 (pid 4242)"]``.
+
+    Ranks on other machines cannot be probed from here and are never listed.
+    """
+    host, lost = socket.gethostname(), []
+    for rank, (where, pid) in sorted(_PEERS.items()):
+        if where == host and pid != os.getpid() and not _alive(pid):
+            lost.append(f"rank {rank} (pid {pid})")
+    return lost
+
+
+def _alive(pid: int) -> bool:
+    try:  # a zombie (ended, not yet reaped by the launcher) counts as ended
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
 
 def stop_ranks() -> None:

@@ -12,7 +12,10 @@ results folder never destroys what it did not write and never keeps stale result
 * :func:`fingerprints` hashes what the numbers depend on besides the settings: the task
   description's content, the examples read (train and test texts and labels, whatever their
   source), the model's weights and its tokenizer;
-* :func:`listed_files` is what a previous run wrote (``--restart`` deletes only these).
+* :func:`listed_files` is what a previous run wrote (``--restart`` deletes only these);
+  :func:`recovery_files` is what ``--restart`` deletes when ``results.json`` cannot be read
+  (truncated, or from another schema): the record's own list where it still has one, and the
+  files the run's layout names.
 
 Cost of the model fingerprint: one pass over the weights. A checkpoint folder is hashed file by
 file in 1 MiB chunks (reading GPT-2 XL's 6 GB takes seconds from the page cache); a model
@@ -35,13 +38,16 @@ from pathlib import Path
 from typing import Any
 
 from anchor_flow.errors import ResultsError
+from anchor_flow.models.offload import stored_tensor
 
 __all__ = [
     "LOCK_NAME",
+    "RESULT_SUFFIXES",
     "check_out",
     "fingerprints",
     "hold_lock",
     "listed_files",
+    "recovery_files",
     "remove_listed",
     "remove_temporary",
 ]
@@ -146,6 +152,35 @@ def listed_files(record: Mapping[str, Any]) -> list[str]:
     return names
 
 
+#: What a step writes inside its folders (``<stem>.npz``, ``<stem>_meta.json``, CSVs): a file
+#: of another kind there (a user's notes) is never deleted by a resume or a recovery.
+RESULT_SUFFIXES = (".npz", ".json", ".csv")
+
+
+def recovery_files(directory: Path, layout: Sequence[str]) -> list[str]:
+    """What ``--restart`` deletes when the record is unreadable or from another schema.
+
+    ``layout`` is every path a run may write (``"deep.csv"``, ``"deep/"``, ...). Listed files
+    are deleted; inside a listed folder only the result files (``.npz``, ``.json``, ``.csv``),
+    so a user's notes there stay. A record that still parses adds its own list.
+    """
+    names = [n for n in layout if not n.endswith("/")]
+    for folder in (n for n in layout if n.endswith("/")):
+        names += [f for f in contents(directory, [folder]) if f.endswith(RESULT_SUFFIXES)]
+    try:
+        raw = json.loads((directory / "results.json").read_text())
+        names += listed_files(raw) if isinstance(raw, dict) else []
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass  # truncated or not a record: the layout alone
+    return [n for n in dict.fromkeys(names) if isinstance(n, str) and _inside(directory, n)]
+
+
+def _inside(directory: Path, name: str) -> bool:
+    """A listed name that stays inside the folder (an edited record cannot reach out)."""
+    target = Path(os.path.abspath(directory / name))
+    return Path(os.path.abspath(directory)) in target.parents
+
+
 def contents(directory: Path, names: Sequence[str]) -> list[str]:
     """The files a step wrote: ``names`` with each folder (``"deep/"``) expanded to its files."""
     found: list[str] = []
@@ -221,6 +256,8 @@ def _parameter_bytes(model: Any) -> Iterator[bytes]:
 
     for name, tensor in model.state_dict().items():
         if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            if tensor.is_meta:  # offloaded by accelerate (a device map's "cpu" / "disk")
+                tensor = stored_tensor(model, name)
             flat = tensor.detach().to("cpu").contiguous().view(-1)
             yield f"{name}:{flat.dtype};".encode()
             for start in range(0, flat.numel(), _CHUNK):
@@ -262,7 +299,7 @@ def changed(previous: Mapping[str, Any], current: Mapping[str, str]) -> list[str
     what = {"task": "the task description's content", "data": "the examples read",
             "model": "the model's weights", "tokenizer": "the tokenizer"}  # fmt: skip
     old = previous.get("fingerprint")
-    if old is None:
-        return []
+    if not isinstance(old, Mapping):  # an edited or foreign record: nothing can be checked
+        return ["fingerprint (missing: the inputs of the recorded run cannot be checked)"]
     return [f"fingerprint.{key} ({what.get(key, key)} changed)"
             for key, value in current.items() if old.get(key) != value]  # fmt: skip

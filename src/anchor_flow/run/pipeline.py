@@ -50,12 +50,14 @@ from anchor_flow.run.config import NOT_IN_RESULTS, RunConfig
 from anchor_flow.run.distributed import Ranks
 from anchor_flow.run.findings import NULL_FILES, update_findings
 from anchor_flow.run.folder import (
+    RESULT_SUFFIXES,
     changed,
     check_out,
     contents,
     fingerprints,
     hold_lock,
     listed_files,
+    recovery_files,
     remove_listed,
     remove_temporary,
 )
@@ -99,8 +101,9 @@ def _partial(directory: Path, name: str, entry: Mapping[str, Any]) -> list[str]:
     that were not there when it started; a failed step removed its own when it failed."""
     if entry.get("status") != "running":
         return []
-    kept = set(entry.get("kept", ()))
-    return [f for f in contents(directory, STEP_FILES.get(name, ())) if f not in kept]
+    kept, listed = set(entry.get("kept", ())), STEP_FILES.get(name, ())
+    return [f for f in contents(directory, listed)
+            if f not in kept and (f in listed or f.endswith(RESULT_SUFFIXES))]  # fmt: skip
 
 
 def _start(
@@ -118,7 +121,17 @@ def _start(
     }  # fmt: skip
     if not (directory / "results.json").exists():
         return fresh
-    previous = load_run(directory)
+    try:
+        previous = load_run(directory)
+    except ResultsError as error:  # truncated, or another schema: only a restart recovers it
+        if not restart:
+            raise ResultsError(
+                f"{error}; restart=True (--restart) deletes the files an anchor-flow run writes "
+                "there and starts over"
+            ) from None
+        layout = [f for v in STEP_FILES.values() for f in v] + [*NULL_FILES, "report.html"]
+        remove_listed(directory, [*recovery_files(directory, layout), "results.json"])
+        return fresh
     done = [e for e in previous.get("experiments", {}).values() if e.get("status") == "complete"]
     if restart or not done:  # nothing complete: nothing to keep, any settings may follow
         unfinished = [(n, e) for n, e in previous.get("experiments", {}).items() if e not in done]
@@ -275,9 +288,11 @@ def _resolve_inputs(context: RunContext, say: Callable[[str], None]) -> None:
     if "reweighting" in config.experiments and task.prompt_source is None:
         counts = [sum(e.label == c for e in context.data.train) for c in range(task.n_classes)]
         if min(counts) < needed:
+            names = task.label_names or tuple(map(str, range(task.n_classes)))
+            has = ", ".join(f"{name!r}: {n}" for name, n in zip(names, counts, strict=False))
             raise AnchorFlowError(
                 f"re-weighting needs {needed} training examples per class (1 shot + "
-                f"train_per_class={config.train_per_class}); the training split has {counts}"
+                f"train_per_class={config.train_per_class}); the training split has {has}"
             )
     for scheme in ("per_example", "fixed"):
         if scheme in {_SCHEMES[name] for name in config.experiments}:
@@ -332,10 +347,11 @@ def _run_steps(
         except BaseException as error:
             written = contents(directory, STEP_FILES[name])  # a failed step leaves no partials
             remove_listed(directory, [f for f in written if f not in before])
-            record["experiments"][name] = {
-                "status": "failed", "started": started, "error": f"{type(error).__name__}: "
-                f"{' '.join(str(error).split())}"[:500],
-            }  # fmt: skip
+            why = (f"interrupted ({str(error) or 'SIGINT, Ctrl-C'}); rerun to resume"
+                   if isinstance(error, KeyboardInterrupt) else  # SIGTERM too (the CLI's)
+                   f"{type(error).__name__}: {' '.join(str(error).split())}")  # fmt: skip
+            record["experiments"][name] = {"status": "failed", "started": started,
+                                           "error": why[:500]}  # fmt: skip
             _write_json(directory / "results.json", {**record, "updated": _now()})
             if isinstance(error, Exception):  # the report shows the error (not on Ctrl-C)
                 with contextlib.suppress(Exception):
@@ -360,7 +376,5 @@ def _run_steps(
     if any(record.get(k) != v for k, v in findings.items()):
         record.update(findings)
         _write_json(directory / "results.json", {**record, "updated": _now()})
-        render_results_folder(directory)
-    if not (directory / "report.html").exists():
-        render_results_folder(directory)
+    render_results_folder(directory)  # rewritten only when it changed (a failed write before)
     return record
