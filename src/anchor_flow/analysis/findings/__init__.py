@@ -16,20 +16,27 @@ from anchor_flow.analysis.findings.claims import (
 from anchor_flow.analysis.findings.verdicts import (
     CLAIMS,
     MARGINS,
+    MIN_PROMPTS,
+    NOT_DISTINGUISHED,
     VERDICTS,
     ClaimLayers,
     Finding,
+    against_null,
     claim_layers,
     findings_frame,
     verdict,
+    verdict_reason,
 )
 
 __all__ = [
     "CLAIMS",
     "MARGINS",
+    "MIN_PROMPTS",
+    "NOT_DISTINGUISHED",
     "VERDICTS",
     "ClaimLayers",
     "Finding",
+    "against_null",
     "causal_anchors",
     "claim_layers",
     "deep_prediction",
@@ -37,4 +44,5 @@ __all__ = [
     "findings_frame",
     "shallow_aggregation",
     "verdict",
+    "verdict_reason",
 ]

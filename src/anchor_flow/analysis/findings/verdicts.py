@@ -222,6 +222,11 @@ def verdict_reason(
             return "does not hold", (f"significant but small: interval {interval} lies within "
                                      f"{bars}")  # fmt: skip
         return "does not hold", f"interval {interval} rules out effects beyond {bars}"
+    if lo > 0 or hi < 0:
+        side = "above" if lo > 0 else "below"
+        return "inconclusive", (f"interval {interval} lies {side} {_g(no)}; the estimate "
+                                f"{_g(value)} is within the bars {bars} but the interval "
+                                "reaches past them")  # fmt: skip
     return "inconclusive", f"interval {interval} is too wide to decide (bars {bars})"
 
 
