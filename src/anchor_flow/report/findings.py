@@ -154,8 +154,9 @@ def with_verdicts(sections: list[ReportSection], record: dict[str, Any]) -> list
             verdicts = {f["verdict"] for f in found}
             verdict = found[0]["verdict"] if len(verdicts) == 1 else ""
             lead = " ".join(
-                (f"{f['claim']}: " if len(found) > 1 else "")
-                + (f["sentence"] if not f.get("reason") else f"{f['sentence']} ({f['reason']}.)")
+                (f"{f['claim']} {f['verdict']}: " if len(found) > 1 else "")
+                + f["sentence"].split(": ", 1)[-1]
+                + (f" (why: {f['reason']}.)" if f.get("reason") else "")
                 for f in found
             )
             section = replace(section, verdict=verdict, lead=lead)

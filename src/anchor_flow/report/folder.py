@@ -235,8 +235,10 @@ def _merge(
     (under the same name, as ``model <name>``, or as ``<experiment>_<name>``, e.g.
     ``reweighting_epochs``)."""
     for key, value in extra.items():
-        if record is not None and key == "model":  # the run's table says "model name"
+        # The run's table says "model name" and "model n_layers"; "experiment" is the prefix.
+        if record is not None and key in ("model", "experiment", "n_model_layers"):
             continue
         shown = (key, f"model {key}", f"{prefix.strip()}_{key}", f"{prefix.strip()}_{key}s")
-        if record is None or not any(name in settings for name in shown):
+        same = any(name in settings and settings[name] == value for name in shown[2:])
+        if record is None or not (same or any(name in settings for name in shown[:2])):
             settings.setdefault(f"{prefix}{key}", value)

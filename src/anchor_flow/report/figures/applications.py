@@ -174,7 +174,7 @@ def plot_confusion(
                 colorscale="Viridis",
                 colorbar={"x": 0.45 if col == 1 else 1.02, "len": 0.9, "thickness": 12},
                 text=[[f"{label}: {a} vs {b}" for b in names] for a in names],
-                texttemplate="%{z:.2f}",
+                texttemplate="%{z:.2f}" if high - low >= 0.05 else "%{z:.4f}",
                 name=label,
                 hovertemplate="%{text} = %{z:.3f}<extra></extra>",
             ),

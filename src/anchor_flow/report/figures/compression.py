@@ -151,6 +151,6 @@ def plot_speedup(
     if "FLOP-ideal" in bounds:
         figure.update_layout(yaxis2={
             "title": {"text": "FLOP-ideal ratio (×, grey dashed)"}, "overlaying": "y",
-            "side": "right", "rangemode": "tozero", "showgrid": False,
+            "side": "right", "rangemode": "tozero", "showgrid": False, "tickformat": ".1f",
         })  # fmt: skip
     return figure
