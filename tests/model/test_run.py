@@ -157,8 +157,10 @@ def test_the_run_records_findings_for_the_model_and_its_null(run_folder: Path) -
     assert record["claim_layers"]["deep"] == [4, 5]
     rows = {(f["claim"], f["subject"]): f for f in record["findings"]}
     expected = {("C1", "model"), ("C2", "model"), ("C3", "model"), ("C4", "model"),
-                ("C1", "null model"), ("C2", "null model"), ("C4", "null model")}  # fmt: skip
+                ("C1", "null model"), ("C2", "null model"), ("C4", "null model"),
+                ("A1", "model"), ("A2", "model"), ("A3", "model")}  # fmt: skip
     assert set(rows) == expected
+    assert all(row["reason"] for row in rows.values())  # every verdict says why (issue 29)
     assert rows[("C3", "model")]["verdict"] == "holds"
     page = (run_folder / "report.html").read_text()
     assert page.index("Findings: Model demo, task demo-k3") < page.index("This run")

@@ -68,7 +68,9 @@ def test_claim_layers_are_the_first_and_last_third() -> None:
 ROLES = [B, T, T, F, L, F, T, T, F, L, F, T, T, Q]
 
 
-def _saliency(per_edge_row: torch.Tensor, n_prompts: int = 12, noise: float = 0.1) -> SaliencyResult:
+def _saliency(
+    per_edge_row: torch.Tensor, n_prompts: int = 12, noise: float = 0.1
+) -> SaliencyResult:
     """Text-row sums = per-edge value x number of text keys before the row, with noise."""
     roles = torch.tensor([ROLES] * n_prompts)
     text_before = (roles == T).double().cumsum(-1) - (roles == T).double()
