@@ -287,3 +287,32 @@ def test_information_flow_combines_seeds_per_seed_by_default_as_the_run_does() -
     assert combined.aggregation == "per_seed"
     assert combined.normalised()[:, 0].tolist() == pytest.approx([0.425, 0.225, 0.35])
     assert InformationFlow(a.values).aggregation == "per_seed"
+
+
+def test_c1_with_its_control_at_the_float_floor_says_so_instead_of_quoting_1e24() -> None:
+    # planted-anchor: the rows next to the label words draw ~1e-26 per edge, the label rows
+    # ~0.1, so the ratio (1e24 and up) measures float rounding, not a size of effect.
+    from anchor_flow.analysis.edges import FINE_GROUPS
+    from anchor_flow.analysis.findings import shallow_aggregation
+    from anchor_flow.analysis.saliency.result import SaliencyResult
+    from anchor_flow.icl.roles import Role
+
+    b, t, f, lab, q = Role.BOS, Role.TEXT, Role.FORMAT, Role.LABEL, Role.TARGET
+    roles = torch.tensor([[b, t, t, f, lab, f, t, t, f, lab, f, t, t, q]] * 12)
+    per_edge = torch.full((14,), 1e-26, dtype=torch.float64)
+    per_edge[roles[0] == lab] = 0.1
+    text_before = (roles == t).double().cumsum(-1) - (roles == t).double()
+    sums = (per_edge[None, None, :] * text_before[:, None, :]).expand(-1, 2, -1).clone()
+    result = SaliencyResult(
+        group_sums=torch.ones(12, 2, len(FINE_GROUPS)),
+        group_counts=torch.ones(12, len(FINE_GROUPS)), label_probs=torch.full((12, 2), 0.5),
+        gold=torch.zeros(12).long(), roles=roles, str_tokens=(("x",) * 14,) * 12,
+        text_row_sums=sums.float(),
+    )  # fmt: skip
+    finding = shallow_aggregation([result], (0,))
+    assert finding.verdict == "holds"
+    assert finding.value > 1e20
+    assert finding.to_dict()["control_at_floor"] is True
+    assert finding.reason.startswith("the control is ≈ 0 (1e-26 per edge")
+    assert "e+2" not in finding.reason
+    assert findings_frame([finding.to_dict()]).loc[0, "value [95% CI]"] == "≫ 1 (control ≈ 0)"

@@ -44,6 +44,7 @@ from anchor_flow.analysis.findings.verdicts import (
     MARGINS,
     Finding,
     combine,
+    control_at_floor,
     json_safe,
     safe_float,
     sentence,
@@ -133,6 +134,7 @@ def shallow_aggregation(
     values = values[~values.isnan().any(1)]
     point, low, high, control = _ratio_interval(values, n_resamples, seed)
     outcome, reason = verdict_reason(point, low, high, "ratio", int(values.shape[0]))
+    reason = _floor_reason(point, control, reason) if outcome == "holds" else reason
     what = (f"in layers {span(layers)} a label word draws {point:.3g}x [{low:.3g}, {high:.3g}] "
             "the saliency per edge from the text before it that the positions next to it "
             "draw")  # fmt: skip
@@ -152,6 +154,14 @@ def _ratio_interval(
         return math.nan, math.nan, math.nan, math.nan
     point, low, high = _interval(values, _ratio_of_means, n_resamples, seed)
     return point, low, high, float(values[:, 1].mean())
+
+
+def _floor_reason(point: float, control: float, reason: str) -> str:
+    """The reason of a ratio whose control is at the float floor: say so, not the 1e24."""
+    if not control_at_floor(point, control, 1.0):
+        return reason
+    return (f"the control is ≈ 0 ({control:.2g} per edge, below float32 resolution of the "
+            "compared value), so the ratio is unbounded; the interval excludes 1")  # fmt: skip
 
 
 def _groups(row: str, columns: tuple[str, ...]) -> list[int]:
@@ -181,6 +191,7 @@ def deep_reading(
     values = values[~values.isnan().any(1) & ~values.isinf().any(1)]
     point, low, high, control = _ratio_interval(values, n_resamples, seed)
     outcome, reason = verdict_reason(point, low, high, "ratio", int(values.shape[0]))
+    reason = _floor_reason(point, control, reason) if outcome == "holds" else reason
     what = (f"in layers {span(layers)} the target draws {point:.3g}x [{low:.3g}, {high:.3g}] "
             "the saliency per edge from the label words that it draws from its other text and "
             "formatting positions")  # fmt: skip
