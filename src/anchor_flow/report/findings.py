@@ -214,10 +214,11 @@ def plot_null_comparison(
         chosen = (layers or {}).get(name) or []
         for col in (1, 2):
             if chosen:
+                label = ({"annotation_text": f"{name} layers", "annotation_position": "top left"}
+                         if col == 1 else {})  # fmt: skip
                 figure.add_vrect(x0=min(chosen) - 0.5, x1=max(chosen) + 0.5, fillcolor=colour,
                                  line_width=0, layer="below", row=1, col=col,
-                                 annotation_text=f"{name} layers" if col == 1 else None,
-                                 annotation_position="top left")  # fmt: skip
+                                 **label)  # fmt: skip
     figure.update_xaxes(title_text="layer", dtick=1, tick0=0)
     figure.update_yaxes(title_text="share of the three flows", range=[0, 1], row=1, col=1)
     figure.update_yaxes(title_text="AUCROC_l", range=[0, 1], row=1, col=2)
