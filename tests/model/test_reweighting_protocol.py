@@ -52,7 +52,7 @@ def biased():
         return [dataclasses.replace(p, label_words=WORDS) for p in prompts]
 
     # A wrong configured shot count (0): the result must record the count that ran.
-    sets = ReweightingPrompts(fixed(sets.train), fixed(sets.test), fixed(sets.k_shot), 0)
+    sets = ReweightingPrompts(fixed(sets.train), fixed(sets.test), fixed(sets.k_shot), 0, sets.seed)
     result = run_reweighting(model, sets, epochs=10, lr=0.05, batch_size=30, progress=False)
     assert_no_hooks(model)
     return model, sets, result

@@ -178,8 +178,10 @@ def test_the_run_records_findings_for_the_model_and_its_null(run_folder: Path) -
     rows = {(f["claim"], f["subject"]): f for f in record["findings"]}
     expected = {("C1", "model"), ("C2", "model"), ("C3", "model"), ("C4", "model"),
                 ("C1", "null model"), ("C2", "null model"), ("C4", "null model"),
-                ("H1", "model"), ("H1", "null model")}  # fmt: skip
+                ("H1", "model"), ("H1", "null model"),
+                ("A1", "model"), ("A2", "model"), ("A3", "model")}  # fmt: skip
     assert set(rows) == expected
+    assert all(row["reason"] for row in rows.values())  # every verdict says why (issue 29)
     assert rows[("C3", "model")]["verdict"] == "holds"
     assert rows[("H1", "null model")]["verdict"] != "holds"  # a random network's heads
     page = (run_folder / "report.html").read_text()

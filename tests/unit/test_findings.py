@@ -68,7 +68,9 @@ def test_claim_layers_are_the_first_and_last_third() -> None:
 ROLES = [B, T, T, F, L, F, T, T, F, L, F, T, T, Q]
 
 
-def _saliency(per_edge_row: torch.Tensor, n_prompts: int = 6, noise: float = 0.1) -> SaliencyResult:
+def _saliency(
+    per_edge_row: torch.Tensor, n_prompts: int = 12, noise: float = 0.1
+) -> SaliencyResult:
     """Text-row sums = per-edge value x number of text keys before the row, with noise."""
     roles = torch.tensor([ROLES] * n_prompts)
     text_before = (roles == T).double().cumsum(-1) - (roles == T).double()
@@ -105,7 +107,7 @@ def test_c1_is_not_fooled_by_per_edge_saliency_that_falls_with_position() -> Non
 
 
 def _deep_reading_result(label: float, rest: float) -> SaliencyResult:
-    n, n_groups = 8, len(FINE_GROUPS)
+    n, n_groups = 12, len(FINE_GROUPS)
     sums = torch.zeros(n, 2, n_groups)
     generator = torch.Generator().manual_seed(1)
     for g, name in enumerate(FINE_GROUPS):

@@ -134,7 +134,9 @@ def test_per_seed_aggregation_is_the_papers_normalise_then_average():
 
 
 def test_pooled_aggregation_pools_the_prompts_first():
-    flow = InformationFlow.concat([InformationFlow(SEED_A), InformationFlow(SEED_B)])
+    flow = InformationFlow.concat(
+        [InformationFlow(SEED_A), InformationFlow(SEED_B)], aggregation="pooled"
+    )
     assert flow.aggregation == "pooled"
     # By hand: pooled means [5/3, 4/3, 1], sum 4.
     assert flow.normalised()[:, 0].tolist() == pytest.approx([5 / 12, 4 / 12, 3 / 12])
@@ -168,6 +170,6 @@ def test_per_seed_interval_resamples_within_seeds_and_holds_the_estimate():
 def test_unknown_seed_aggregation_in_a_file_is_refused(tmp_path):
     path = tmp_path / "saliency.json"
     InformationFlow(SEED_B).save(path)
-    path.write_text(path.read_text().replace('"pooled"', '"mean"'))
+    path.write_text(path.read_text().replace('"per_seed"', '"mean"'))
     with pytest.raises(ResultsError, match="seed_aggregation='mean'; expected one of per_seed"):
         InformationFlow.load(path)

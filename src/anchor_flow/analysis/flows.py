@@ -102,13 +102,14 @@ class InformationFlow:
             ``None``: one run.
         aggregation: how runs combine in :meth:`mean`, :meth:`normalised` and
             :meth:`interval`: ``"per_seed"`` (the paper's: normalise each run's mean flows,
-            then average over runs) or ``"pooled"`` (pool every prompt, then normalise).
+            then average over runs; the default, as ``RunConfig`` and the CLI) or ``"pooled"``
+            (pool every prompt, then normalise). With one run both are the same.
     """
 
     values: Float[Tensor, "prompt flow layer"]
     settings: dict[str, Any] = field(default_factory=dict)
     run_index: Int[Tensor, " prompt"] | None = None
-    aggregation: Aggregation = "pooled"
+    aggregation: Aggregation = "per_seed"
 
     def __post_init__(self) -> None:
         if self.values.ndim != 3 or self.values.shape[1] != len(PAPER_FLOWS):
@@ -186,11 +187,12 @@ class InformationFlow:
 
     @classmethod
     def concat(
-        cls, flows: list[InformationFlow], *, aggregation: Aggregation = "pooled"
+        cls, flows: list[InformationFlow], *, aggregation: Aggregation = "per_seed"
     ) -> InformationFlow:
         """The prompts of several runs (e.g. seeds) of the same model, each prompt labelled
-        with its run; ``aggregation="per_seed"`` is the official notebook's order (PAPER.md
-        §1.2 step 5), ``"pooled"`` pools the prompts before normalising.
+        with its run; ``aggregation="per_seed"`` (the default, as ``RunConfig`` and the CLI) is
+        the official notebook's order (PAPER.md §1.2 step 5), ``"pooled"`` pools the prompts
+        before normalising.
 
         Example:
             >>> a, b = InformationFlow(torch.rand(4, 3, 2)), InformationFlow(torch.rand(6, 3, 2))

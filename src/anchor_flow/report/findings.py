@@ -13,6 +13,8 @@ Runs no model; reads result objects and the run record.
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,11 @@ from plotly.subplots import make_subplots
 
 from anchor_flow.analysis.deep import DeepResult
 from anchor_flow.analysis.edges import PAPER_FLOWS
-from anchor_flow.analysis.findings.verdicts import MARGINS, findings_frame
+from anchor_flow.analysis.findings.verdicts import MARGINS, MIN_PROMPTS, findings_frame
 from anchor_flow.analysis.flows import InformationFlow
 from anchor_flow.analysis.saliency.result import SaliencyResult
-from anchor_flow.report.figures.analysis import AUC_COLOUR
-from anchor_flow.report.figures.saliency import FLOW_COLOURS
+from anchor_flow.report.figures.analysis import AUC_COLOUR, _band
+from anchor_flow.report.figures.saliency import FLOW_COLOURS, _cells
 from anchor_flow.report.html import ReportSection
 from anchor_flow.results.runs import run_folders
 
@@ -36,9 +38,12 @@ __all__ = [
     "headline",
     "load_null_results",
     "plot_null_comparison",
+    "with_verdicts",
 ]
 
 NULL_SENTENCE = (
+    "Bands: 95% bootstrap intervals over prompts; shaded: the shallow and deep layers that the "
+    "claims read. "
     "Dashed: the same architecture with re-initialised weights (the null model), same prompts: "
     "what a network that learned nothing draws, e.g. S_pq takes most of the normalised mass "
     "at random initialisation, so only the gap between solid and dashed says something."
@@ -52,7 +57,12 @@ _FINDINGS = (
     "the shallow layers lowers label loyalty more than isolating as many random rows there, and "
     "more than isolating them in as many deep layers (paired over prompts). C4: in the deep "
     "layer where AUCROC_l is furthest from 0.5, the target's attention to the label words "
-    "predicts the model's output (above 0.5; below is 'inverted'). Shallow layers {shallow}, "
+    "predicts the model's output (above 0.5; below is 'inverted'). A1: re-weighted ICL beats "
+    "vanilla 1-shot and k-shot ICL in accuracy (paired per prompt within each seed). A2: "
+    "Hidden_anchor keeps the full prompt's predictions (label loyalty) better than Hidden_random "
+    "and Text_anchor. A3: the predicted confusion ranks the class pairs like the real one "
+    "(Spearman, against a permutation null; fewer than 6 class pairs is 'inconclusive'). "
+    "Shallow layers {shallow}, "
     "deep layers {deep} (the first and last {fraction} of the layers). Intervals are 95% "
     "bootstrap intervals over prompts. A claim 'holds' when its interval excludes no effect and "
     "the estimate clears a margin (ratio {ratio}, loyalty difference {difference}, AUC 0.5 ± "
@@ -60,8 +70,10 @@ _FINDINGS = (
     "classes moves by less than {share} between prompts, cannot carry a prediction, so there C4 "
     "does not hold whatever its AUC); 'does not hold' when the interval rules out an effect "
     "that large; 'inverted' when "
-    "the opposite holds; else 'inconclusive'. {null} Claims whose experiment was not run are "
-    "not listed."
+    "the opposite holds; else 'inconclusive' (always with fewer than {min_prompts} prompts). "
+    "{null} A ratio whose control is below float32 resolution of the compared value reads "
+    "'control ≈ 0' (the raw numbers are in results.json). Claims whose experiment was not run "
+    "are not listed."
 )
 
 
@@ -98,18 +110,58 @@ def findings_section(record: dict[str, Any]) -> ReportSection | None:
     if null.get("kind") == "random-init":
         null_text = (f"The null model is the same architecture re-initialised (seed "
                      f"{null.get('seed')}) on the prompts of {null.get('prompts', 'one seed')}: "
-                     "on it no claim should hold. It has no C3 row: C3's control is the "
-                     "random-row isolation arm on the model itself, so the null model runs "
-                     "no isolation.")  # fmt: skip
+                     "on it no claim should hold. Where it does, the claim's bar is met by a "
+                     "network that learned nothing, so the model's verdict for that claim "
+                     "reads 'not distinguished from the null' instead of 'holds'. It has no "
+                     "C3 row: C3's control is the random-row isolation arm on the model "
+                     "itself, so the null model runs no isolation; the applications (A1-A3) "
+                     "have no null row either.")  # fmt: skip
     else:
         null_text = f"No null model: {null.get('reason', 'none was run')}."
     text = _FINDINGS.format(
         shallow=layers.get("shallow"), deep=layers.get("deep"),
-        fraction=f"{layers.get('fraction', 1 / 3):.3g}", null=null_text, **MARGINS,
+        fraction=f"{layers.get('fraction', 1 / 3):.3g}", null=null_text,
+        min_prompts=MIN_PROMPTS, **MARGINS,
     )  # fmt: skip
+    counts = Counter(f["verdict"] for f in findings if f["subject"] == "model")
+    lead = "The model: " + ", ".join(f"{n} {v}" for v, n in counts.most_common()) + "."
     return ReportSection(
-        "Findings: " + headline(record), None, text, table=findings_frame(findings)
-    )
+        "Findings: " + headline(record), None,
+        "One row per claim and subject, its verdict and why; how the verdicts are made is "
+        "below the table.", table=findings_frame(findings), lead=lead, notes=text,
+    )  # fmt: skip
+
+
+# Which report section shows which finding: the section leads with its verdict and reason.
+SECTION_CLAIMS = {
+    "Relative information flow per layer": ("C1", "C2"),
+    "Isolating label words (shallow vs deep)": ("C3",),
+    "Deep layers: AUCROC_l and R_l": ("C4",),
+    "Anchor re-weighting: accuracy": ("A1",),
+    "Anchor-only context compression": ("A2",),
+    "Error diagnosis": ("A3",),
+}
+
+
+def with_verdicts(sections: list[ReportSection], record: dict[str, Any]) -> list[ReportSection]:
+    """``sections`` with the model's verdict and reason at the top of each section that shows
+    a claim (:data:`SECTION_CLAIMS`); unchanged without findings."""
+    model = {f["claim"]: f for f in record.get("findings") or () if f["subject"] == "model"}
+    out = []
+    for section in sections:
+        found = [model[c] for c in SECTION_CLAIMS.get(section.title, ()) if c in model]
+        if found:
+            verdicts = {f["verdict"] for f in found}
+            verdict = found[0]["verdict"] if len(verdicts) == 1 else ""
+            lead = " ".join(
+                (f"{f['claim']} {f['verdict']}: " if len(found) > 1 else "")
+                + f["sentence"].split(": ", 1)[-1]
+                + (f" (why: {f['reason']}.)" if f.get("reason") else "")
+                for f in found
+            )
+            section = replace(section, verdict=verdict, lead=lead)
+        out.append(section)
+    return out
 
 
 def plot_null_comparison(
@@ -117,8 +169,12 @@ def plot_null_comparison(
     null_flow: InformationFlow | None,
     deep: DeepResult | None,
     null_deep: DeepResult | None,
+    *,
+    layers: dict[str, Any] | None = None,
 ) -> go.Figure:
-    """Normalised flows and AUCROC_l per layer: the model solid, its null model dashed.
+    """Normalised flows and AUCROC_l per layer: the model solid, its null model dashed, each
+    with its 95% bootstrap band; ``layers`` (``results.json["claim_layers"]``) shades the
+    shallow and deep layers that the claims read.
 
     Example:
         >>> fig = plot_null_comparison(flow, null_flow, deep, null_deep)  # doctest: +SKIP
@@ -128,7 +184,12 @@ def plot_null_comparison(
         if source is None:
             continue
         values = source.normalised()
+        low, high = source.interval(normalised=True)
+        x = list(range(source.n_layers))
         for index, name in enumerate(PAPER_FLOWS):
+            band = _band(x, _cells(low[index]), _cells(high[index]), FLOW_COLOURS[name],
+                         f"{name}{suffix} 95% CI")  # fmt: skip
+            figure.add_trace(band, row=1, col=1)
             figure.add_trace(
                 go.Scatter(x=list(range(source.n_layers)), y=values[index].tolist(),
                            name=name + suffix, mode="lines+markers",
@@ -138,12 +199,26 @@ def plot_null_comparison(
     for result, dash, suffix in ((deep, "solid", ""), (null_deep, "dash", " (null model)")):
         if result is None:
             continue
+        low, high = result.interval()
+        x = list(range(result.n_layers))
+        figure.add_trace(_band(x, _cells(low), _cells(high), AUC_COLOUR,
+                               f"AUCROC_l{suffix} 95% CI"), row=1, col=2)  # fmt: skip
         figure.add_trace(
             go.Scatter(x=list(range(result.n_layers)), y=result.auc().tolist(),
                        name="AUCROC_l" + suffix, mode="lines+markers",
                        line={"color": AUC_COLOUR, "dash": dash}),
             row=1, col=2,
         )  # fmt: skip
+    # Shaded after the traces: plotly leaves out shapes of subplots that are still empty.
+    for name, colour in (("shallow", "rgba(31,119,180,0.13)"), ("deep", "rgba(214,39,40,0.10)")):
+        chosen = (layers or {}).get(name) or []
+        for col in (1, 2):
+            if chosen:
+                label = ({"annotation_text": f"{name} layers", "annotation_position": "top left"}
+                         if col == 1 else {})  # fmt: skip
+                figure.add_vrect(x0=min(chosen) - 0.5, x1=max(chosen) + 0.5, fillcolor=colour,
+                                 line_width=0, layer="below", row=1, col=col,
+                                 **label)  # fmt: skip
     figure.update_xaxes(title_text="layer", dtick=1, tick0=0)
     figure.update_yaxes(title_text="share of the three flows", range=[0, 1], row=1, col=1)
     figure.update_yaxes(title_text="AUCROC_l", range=[0, 1], row=1, col=2)
@@ -175,11 +250,14 @@ def findings_sections(directory: str | Path, record: dict[str, Any]) -> list[Rep
     null_saliency, null_deep = load_null_results(directory)
     flow = InformationFlow.load(directory / "saliency.json") if "saliency" in complete else None
     deep = DeepResult.load(directory / "deep") if "deep" in complete else None
-    null_flow = (InformationFlow.concat([r.flows() for r in null_saliency])
+    # The null model's seeds combine as the model's do (the run's seed_aggregation).
+    null_flow = (InformationFlow.concat([r.flows() for r in null_saliency],
+                                        aggregation=flow.aggregation)
                  if null_saliency and flow is not None else None)  # fmt: skip
     null_deep = null_deep if deep is not None else None
     if flow is None and deep is None:
         return sections
-    figure = plot_null_comparison(flow, null_flow, deep, null_deep)
+    figure = plot_null_comparison(flow, null_flow, deep, null_deep,
+                                  layers=record.get("claim_layers"))  # fmt: skip
     sections.append(ReportSection("The model against its null model", figure, NULL_SENTENCE))
     return sections

@@ -22,7 +22,7 @@ from anchor_flow.analysis.flows import InformationFlow
 from anchor_flow.analysis.isolation import IsolationResult
 from anchor_flow.analysis.saliency.result import SaliencyResult
 from anchor_flow.errors import ResultsError
-from anchor_flow.report.findings import findings_sections
+from anchor_flow.report.findings import findings_sections, with_verdicts
 from anchor_flow.report.heads import load_heads_part
 from anchor_flow.report.html import ReportSection, write_report
 from anchor_flow.report.sections import (
@@ -98,9 +98,18 @@ def straddling_note(record: dict[str, Any]) -> str:
 
 
 def _run_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """The run's settings: a setting that the run resolved (e.g. ``prepend_bos`` "auto")
+    shows both, ``"auto (resolved: true)"``; resolved-only facts are added as they are."""
     settings: dict[str, Any] = {f"model {k}": v for k, v in record.get("model", {}).items()}
     settings.update(record.get("settings", {}))
-    settings.update(record.get("settings_resolved", {}))
+    for key, value in record.get("settings_resolved", {}).items():
+        if key in settings and settings[key] != value:
+            requested = settings[key] if isinstance(settings[key], str) else json.dumps(
+                settings[key], default=str)  # fmt: skip
+            shown = value if isinstance(value, str) else json.dumps(value, default=str)
+            settings[key] = f"{requested} (resolved: {shown})"
+        else:
+            settings[key] = value
     settings.update({f"version {k}": v for k, v in record.get("versions", {}).items()})
     settings["total seconds"] = record.get("timings", {}).get("total_seconds")
     return settings
@@ -177,6 +186,7 @@ def render_results_folder(directory: str | os.PathLike[str]) -> Path:
         (v for k, v in settings.items() if k.endswith("model") and isinstance(v, str)), None
     )
     title = f"Information flow: {model or 'model'}"
+    sections = with_verdicts(sections, record or {})
     return write_report(directory / "report.html", sections, title=title, settings=settings)
 
 
@@ -238,7 +248,8 @@ def _applications_part(reweighting: Path | None, diagnosis: Path | None) -> Part
 
 def _compression_part(folder: Path) -> Part:
     built, settings = compression_report_sections(folder)
-    return built, [("compression ", settings)]
+    plain = {k.removeprefix("compression "): v for k, v in settings.items()}
+    return built, [("compression ", plain)]
 
 
 def _run_record(directory: Path) -> dict[str, Any] | None:
@@ -250,9 +261,14 @@ def _run_record(directory: Path) -> dict[str, Any] | None:
 def _merge(
     settings: dict[str, Any], prefix: str, extra: dict[str, Any], record: dict[str, Any] | None
 ) -> None:
-    """Add a result's settings; in a run, only those the run record does not already show."""
+    """Add a result's settings; in a run, only those the run record does not already show
+    (under the same name, as ``model <name>``, or as ``<experiment>_<name>``, e.g.
+    ``reweighting_epochs``)."""
     for key, value in extra.items():
-        if record is not None and key == "model":  # the run's table says "model name"
+        # The run's table says "model name" and "model n_layers"; "experiment" is the prefix.
+        if record is not None and key in ("model", "experiment", "n_model_layers"):
             continue
-        if record is None or (key not in settings and f"model {key}" not in settings):
+        shown = (key, f"model {key}", f"{prefix.strip()}_{key}", f"{prefix.strip()}_{key}s")
+        same = any(name in settings and settings[name] == value for name in shown[2:])
+        if record is None or not (same or any(name in settings for name in shown[:2])):
             settings.setdefault(f"{prefix}{key}", value)

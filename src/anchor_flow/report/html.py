@@ -53,7 +53,19 @@ table.settings th, table.settings td { border: 1px solid #ddd; padding: 0.25em 0
 table.settings th { background: #f0f0f0; }
 table.settings td { font-family: ui-monospace, Menlo, Consolas, monospace; white-space: pre-wrap; }
 nav ol { padding-left: 1.5em; }
+.verdict { font-weight: 700; white-space: nowrap; }
+td.verdict { text-align: left; }
+.v-holds { color: #1a7f37; } .v-does-not-hold { color: #b42318; }
+.v-inverted { color: #7a2e9e; } .v-inconclusive { color: #5f6368; }
+.v-not-distinguished-from-the-null { color: #b54708; }
+span.verdict { padding: 0.05em 0.45em; border-radius: 4px; background: #f3f3f3; }
+p.lead { font-size: 1.05em; }
+p.notes { max-width: 70em; color: #444; font-size: 0.93em; }
+table.data.text td { text-align: left; }
 """
+
+VERDICT_WORDS = ("holds", "does not hold", "inverted", "inconclusive",
+                 "not distinguished from the null")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -68,22 +80,40 @@ class ReportSection:
         figure: the plotly figure.
         explanation: one paragraph (plain text) saying what the figure shows and how to read it.
         table: an optional table shown under the figure (e.g. the paper's Table 2 rows).
+        verdict: a finding's verdict (e.g. ``"holds"``), shown in colour at the top.
+        lead: one line beside the verdict (its reason), shown before everything else.
+        notes: a paragraph shown after the figure and table (the method, in detail).
     """
 
     title: str
     figure: go.Figure | None
     explanation: str
     table: pd.DataFrame | None = None
+    verdict: str = ""
+    lead: str = ""
+    notes: str = ""
 
     def __post_init__(self) -> None:
         if not self.title.strip():
             raise AnchorFlowError("ReportSection.title is empty; expected a heading")
 
 
+def _readable(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: _readable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_readable(v) for v in value]
+    return value
+
+
 def _setting_text(value: Any) -> str:
+    """A setting's value for the table: strings as they are (``torch.float32`` as
+    ``float32``), floats to 4 significant digits (0.3333), the rest as JSON."""
     if isinstance(value, str):
-        return value
-    return json.dumps(value, default=str, sort_keys=True)
+        return value.removeprefix("torch.")
+    return json.dumps(_readable(value), default=str, sort_keys=True)
 
 
 def _settings_table(settings: Mapping[str, Any]) -> str:
@@ -96,9 +126,17 @@ def _settings_table(settings: Mapping[str, Any]) -> str:
     return f'<table class="settings">\n{rows}\n</table>'
 
 
+def _badge(verdict: str, tag: str = "span") -> str:
+    css = "v-" + verdict.replace(" ", "-")
+    return f'<{tag} class="verdict {css}">{html.escape(verdict)}</{tag}>'
+
+
 def _table(frame: pd.DataFrame) -> str:
-    text = frame.to_html(index=False, classes="data", border=0, na_rep="—",
-                         float_format=lambda x: f"{x:.3f}")  # fmt: skip
+    words = not any(pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns)  # sentences
+    text = frame.to_html(index=False, classes="data text" if words else "data", border=0,
+                         na_rep="—", float_format=lambda x: f"{x:.3f}")  # fmt: skip
+    for word in VERDICT_WORDS:  # verdict cells in colour and weight
+        text = text.replace(f"<td>{html.escape(word)}</td>", _badge(word, "td"))
     return f'<div class="table">{text}</div>\n'
 
 
@@ -136,11 +174,17 @@ def _render(sections: Sequence[ReportSection], title: str, settings: Mapping[str
             figure_html = f'<div class="figure">{figure_html}</div>\n'
             n_figures += 1
         table_html = "" if section.table is None else _table(section.table)
+        lead = ""
+        if section.verdict or section.lead:
+            badge = _badge(section.verdict) + " " if section.verdict else ""
+            lead = f'<p class="lead">{badge}{html.escape(section.lead)}</p>\n'
+        explanation = (f'<p class="explanation">{html.escape(section.explanation)}</p>\n'
+                       if section.explanation else "")  # fmt: skip
+        notes = f'<p class="notes">{html.escape(section.notes)}</p>\n' if section.notes else ""
         parts.append(
             f'<section id="section-{index}">\n'
             f"<h2>{html.escape(section.title)}</h2>\n"
-            f'<p class="explanation">{html.escape(section.explanation)}</p>\n'
-            f"{figure_html}{table_html}</section>"
+            f"{lead}{explanation}{figure_html}{table_html}{notes}</section>"
         )
     contents = "\n".join(
         f'<li><a href="#section-{index}">{html.escape(section.title)}</a></li>'

@@ -19,7 +19,12 @@ from anchor_flow.analysis.flows import InformationFlow
 from anchor_flow.analysis.isolation import IsolationResult
 from anchor_flow.analysis.saliency.result import SaliencyResult
 from anchor_flow.errors import AnchorFlowError
-from anchor_flow.report.figures.analysis import plot_deep, plot_flows_with_auc, plot_isolation
+from anchor_flow.report.figures.analysis import (
+    plot_deep,
+    plot_flows_with_auc,
+    plot_isolation,
+    r_defined,
+)
 from anchor_flow.report.figures.saliency import plot_flows, plot_group_matrix, plot_saliency_heatmap
 from anchor_flow.report.html import ReportSection
 
@@ -183,7 +188,9 @@ _DEEP = (
     "dropped, as the official code); 0.5 is chance. R_l (dashed, right axis) is the share of "
     "the total AUC above 0.5 accumulated up to layer l (Eq. 5). The paper finds AUCROC_l near "
     "0.8 in deep layers and R_l rising mainly in the middle and later layers: the prediction "
-    "is read from the label words there."
+    "is read from the label words there. R_l is a share of the total AUC above 0.5, so it is "
+    "hidden ('—') when the AUCs lie below 0.5 on balance, and a layer whose AUCROC_l is at or "
+    "below 0.5 is flagged."
 )
 _OVERLAY = (
     "The saliency flows S_wp (text to label words) and S_pq (label words to target), normalised "
@@ -207,6 +214,11 @@ def deep_report_sections(
 ) -> list[ReportSection]:
     """AUCROC_l and R_l, and (with a saliency run's ``flow``) the overlay with S_wp / S_pq."""
     frame = result.summary_frame()[["layer", "auc_roc", "ci_low", "ci_high", "r"]]
+    # R_l reads as a share only where the AUCs exceed 0.5 on balance; a layer at or below
+    # chance is flagged (its R_l falls or stays).
+    defined = r_defined(result.auc())
+    frame["r"] = [("—" if not defined else f"{r:.3f}" + (" (AUCROC_l ≤ 0.5)" if a <= 0.5 else ""))
+                  for r, a in zip(frame["r"], frame["auc_roc"], strict=True)]  # fmt: skip
     table = frame.rename(columns={"auc_roc": "AUCROC_l", "r": "R_l"})
     sections = [
         ReportSection("Deep layers: AUCROC_l and R_l", plot_deep(result), _DEEP, table=table)
@@ -324,13 +336,14 @@ _SPEED = (
     "Speed of Hidden_anchor (paper §3.2, Table 3): per-query wall time of the full prompt "
     "divided by that of the query answered from the pre-built anchor cache (the one-time "
     "cache build excluded, as the paper; 'amortised' includes it), per number of "
-    "demonstrations (x axis: tokens before the query). 'FLOP-ideal' is the ratio of the "
-    "attention and MLP multiply-adds; 'floor' is the full prompt's time over that of the "
-    "query tokens alone with no context, the best any cache could do on this hardware. On "
-    "small models and at batch 1 the per-layer overhead, not FLOPs, dominates, so the measured "
-    "speed-up sits near the floor, far below the FLOP-ideal; the paper reports 1.1-2.5x for "
-    "GPT2-XL on a GPU. Timings are medians on the machine that ran this report; "
-    "compression_speed.csv also holds the prompt counts and the ratios to the ideal and floor."
+    "demonstrations (x axis: tokens before the query). 'FLOP-ideal' (right axis) is the "
+    "ratio of the attention and MLP multiply-adds; 'floor' is the full prompt's time over "
+    "that of the query tokens alone with no context, the best any cache could do on this "
+    "hardware. On small models and at batch 1 the per-layer overhead, not FLOPs, dominates, "
+    "so the measured speed-up sits near the floor, far below the FLOP-ideal; the paper "
+    "reports 1.1-2.5x for GPT2-XL on a GPU. Timings are medians on the machine that ran this "
+    "report; compression_speed.csv also holds the prompt counts and the ratios to the ideal "
+    "and floor."
 )
 
 
@@ -348,7 +361,10 @@ def speedup_report_section(result: Any) -> ReportSection:
     """The Table 3 section of a ``SpeedupResult``: the curve and a table that fits the page."""
     from anchor_flow.report.figures.compression import plot_speedup
 
-    table = result.to_frame()[list(_SPEED_COLUMNS)].rename(columns=_SPEED_COLUMNS)
+    table = result.to_frame()[list(_SPEED_COLUMNS)]
+    for column in ("demo_length", "kept_length", "query_length"):  # token counts: integers
+        table[column] = table[column].round().astype("Int64")
+    table = table.rename(columns=_SPEED_COLUMNS)
     return ReportSection("Compression speed-up vs demonstration length", plot_speedup(result),
                          _SPEED, table=table)  # fmt: skip
 

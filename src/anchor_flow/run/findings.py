@@ -6,8 +6,11 @@ architecture, re-initialised: :func:`anchor_flow.models.null.random_init_copy`) 
 settings ask for one, runs saliency and the deep-layer experiment on it with the first seed's
 prompts (files in ``null_model/``), and computes one verdict per claim
 (:mod:`anchor_flow.analysis.findings`) for the model and for its null model from the complete
-experiments' files. Claims whose experiment did not run are left out. Returns what
-``results.json`` records under ``claim_layers``, ``null_model`` and ``findings``.
+experiments' files, then one per application (A1-A3, :mod:`anchor_flow.applications.findings`).
+A model's "holds" that its null model also meets becomes "not distinguished from the null"
+(:func:`~anchor_flow.analysis.findings.against_null`). Claims whose experiment did not run are
+left out. Returns what ``results.json`` records under ``claim_layers``, ``null_model`` and
+``findings``.
 """
 
 from __future__ import annotations
@@ -76,6 +79,28 @@ def _complete(record: dict[str, Any], name: str) -> bool:
     return record.get("experiments", {}).get(name, {}).get("status") == "complete"
 
 
+def _application_findings(run: RunContext, record: dict[str, Any]) -> list[Any]:
+    """A1-A3 from the complete application experiments' folders."""
+    from anchor_flow.applications import findings as apps
+
+    out, found = run.out, []
+    if _complete(record, "reweighting"):
+        from anchor_flow.applications.reweighting.protocol import ReweightingResult
+
+        found.append(apps.reweighting_finding(ReweightingResult.load(out / "reweighting")))
+    if _complete(record, "compression"):
+        from anchor_flow.applications.compression.baselines import CompressionResult
+
+        result = CompressionResult.load(out / "compression")
+        if "hidden_anchor" in result.methods:
+            found.append(apps.compression_finding(result, len(run.task.label_names)))
+    if _complete(record, "diagnosis"):
+        from anchor_flow.applications.diagnosis.result import DiagnosisResult
+
+        found.append(apps.diagnosis_finding(DiagnosisResult.load(out / "diagnosis")))
+    return found
+
+
 def update_findings(run: RunContext, record: dict[str, Any]) -> dict[str, Any]:
     """``claim_layers``, ``null_model`` and ``findings`` for ``results.json`` (see module doc)."""
     import anchor_flow.analysis.findings as claims
@@ -114,6 +139,8 @@ def update_findings(run: RunContext, record: dict[str, Any]) -> dict[str, Any]:
                       claims.deep_reading(saliency, layers.deep, subject=subject)]  # fmt: skip
         if deep is not None and _complete(record, "deep"):
             found.append(claims.deep_prediction(deep, layers.deep, subject=subject))
-    found.sort(key=lambda f: (f.claim, f.subject != "model"))
+    found = claims.against_null(found)
+    found += _application_findings(run, record)
+    found.sort(key=lambda f: (not f.claim.startswith("C"), f.claim, f.subject != "model"))
     return {"claim_layers": layers.to_dict(), "null_model": null,
             "findings": [f.to_dict() for f in found]}  # fmt: skip

@@ -43,11 +43,13 @@ from anchor_flow.analysis.edges import FINE_GROUPS
 from anchor_flow.analysis.findings.verdicts import (
     MARGINS,
     Finding,
+    combine,
+    control_at_floor,
     json_safe,
     safe_float,
     sentence,
     span,
-    verdict,
+    verdict_reason,
 )
 from anchor_flow.analysis.isolation import IsolationResult
 from anchor_flow.analysis.saliency.result import SaliencyResult
@@ -131,7 +133,8 @@ def shallow_aggregation(
     values = torch.cat([_c1_per_prompt(r, layers) for r in results])
     values = values[~values.isnan().any(1)]
     point, low, high, control = _ratio_interval(values, n_resamples, seed)
-    outcome = verdict(point, low, high, "ratio")
+    outcome, reason = verdict_reason(point, low, high, "ratio", int(values.shape[0]))
+    reason = _floor_reason(point, control, reason) if outcome == "holds" else reason
     what = (f"in layers {span(layers)} a label word draws {point:.3g}x [{low:.3g}, {high:.3g}] "
             "the saliency per edge from the text before it that the positions next to it "
             "draw")  # fmt: skip
@@ -139,7 +142,7 @@ def shallow_aggregation(
                    "per edge (ratio)", point, low, high, 1.0,
                    "text and formatting rows next to each label word, <- text, per edge",
                    control, sentence("C1", outcome, what), int(values.shape[0]),
-                   tuple(layers))  # fmt: skip
+                   tuple(layers), reason=reason)  # fmt: skip
 
 
 def _ratio_interval(
@@ -151,6 +154,14 @@ def _ratio_interval(
         return math.nan, math.nan, math.nan, math.nan
     point, low, high = _interval(values, _ratio_of_means, n_resamples, seed)
     return point, low, high, float(values[:, 1].mean())
+
+
+def _floor_reason(point: float, control: float, reason: str) -> str:
+    """The reason of a ratio whose control is at the float floor: say so, not the 1e24."""
+    if not control_at_floor(point, control, 1.0):
+        return reason
+    return (f"the control is ≈ 0 ({control:.2g} per edge, below float32 resolution of the "
+            "compared value), so the ratio is unbounded; the interval excludes 1")  # fmt: skip
 
 
 def _groups(row: str, columns: tuple[str, ...]) -> list[int]:
@@ -179,14 +190,16 @@ def deep_reading(
     values = torch.cat(parts)
     values = values[~values.isnan().any(1) & ~values.isinf().any(1)]
     point, low, high, control = _ratio_interval(values, n_resamples, seed)
-    outcome = verdict(point, low, high, "ratio")
+    outcome, reason = verdict_reason(point, low, high, "ratio", int(values.shape[0]))
+    reason = _floor_reason(point, control, reason) if outcome == "holds" else reason
     what = (f"in layers {span(layers)} the target draws {point:.3g}x [{low:.3g}, {high:.3g}] "
             "the saliency per edge from the label words that it draws from its other text and "
             "formatting positions")  # fmt: skip
     return Finding("C2", subject, outcome, "target <- label / target <- text and formatting, "
                    "per edge (ratio)", point, low, high, 1.0,
                    "the target's edges from text and formatting, per edge", control,
-                   sentence("C2", outcome, what), int(values.shape[0]), tuple(layers))  # fmt: skip
+                   sentence("C2", outcome, what), int(values.shape[0]), tuple(layers),
+                   reason=reason)  # fmt: skip
 
 
 def _condition(result: IsolationResult, control: str, position: str, k: int) -> int | None:
@@ -237,13 +250,12 @@ def causal_anchors(
         lo, hi = bootstrap_interval(values, mean, n_resamples=n_resamples, seed=seed)
         point, low, high = float(values[:, 0].mean()), float(lo[0]), float(hi[0])
         deep_point, deep_low, deep_high = float(values[:, 1].mean()), float(lo[1]), float(hi[1])
-    first = verdict(point, low, high, "difference")
-    second = verdict(deep_point, deep_low, deep_high, "difference") if deep is not None else first
-    both = (first, second)
-    # Both comparisons must agree for "holds" or "inverted"; either one shown absent is enough
-    # for "does not hold" (e.g. label isolation that changes nothing anywhere).
-    outcome = ("does not hold" if "does not hold" in both else both[0] if both[0] == both[1]
-               else "inconclusive")  # fmt: skip
+    n = int(values.shape[0])
+    first, why_first = verdict_reason(point, low, high, "difference", n)
+    second, why_second = (verdict_reason(deep_point, deep_low, deep_high, "difference", n)
+                          if deep is not None else (first, why_first))  # fmt: skip
+    outcome, reason = combine([("against random rows", first, why_first),
+                               ("against deep isolation", second, why_second)])  # fmt: skip
     what = (f"isolating the label words in the first {k} layer(s) lowers label loyalty by "
             f"{point:+.3f} [{low:+.3f}, {high:+.3f}] more than isolating random rows, and by "
             f"{deep_point:+.3f} [{deep_low:+.3f}, {deep_high:+.3f}] more than isolating them in "
@@ -258,7 +270,7 @@ def causal_anchors(
                    f"isolation, first {k} layer(s) (paired)", point, low, high, 0.0,
                    f"random rows isolated in the first {k} layer(s): loyalty drop", drop,
                    sentence("C3", outcome, what), int(values.shape[0]),
-                   tuple(range(k)), json_safe(details))  # fmt: skip
+                   tuple(range(k)), json_safe(details), reason)  # fmt: skip
 
 
 def deep_prediction(
@@ -286,7 +298,8 @@ def deep_prediction(
                     "AUCROC_l is undefined in every deep layer.")  # fmt: skip
         return Finding("C4", subject, "inconclusive", "AUCROC_l of the decisive deep layer",
                        math.nan, math.nan, math.nan, 0.5, "chance", 0.5, text,
-                       result.n_prompts, tuple(layers))  # fmt: skip
+                       result.n_prompts, tuple(layers),
+                       reason="a single predicted class: AUCROC_l is undefined")  # fmt: skip
     layer = max(varying or candidates)[1]
     predictions = result.predictions
 
@@ -301,12 +314,16 @@ def deep_prediction(
     low, high = bootstrap_interval(torch.arange(result.n_prompts), statistic,
                                    n_resamples=n_resamples, seed=seed)  # fmt: skip
     point = float(auc[layer])
-    outcome = verdict(point, float(low[0]), float(high[0]), "auc")
+    outcome, reason = verdict_reason(point, float(low[0]), float(high[0]), "auc",
+                                     result.n_prompts)  # fmt: skip
     what = (f"in layer {layer} the target's attention to each class's label words predicts the "
             f"model's output with AUCROC {point:.3f} [{float(low[0]):.3f}, {float(high[0]):.3f}]"
             " against 0.5 for chance")  # fmt: skip
     if not varying:
         outcome = "does not hold"
+        reason = (f"deep attention does not vary between prompts (spread "
+                  f"{float(spread[layer]):.2g} < {MARGINS['share']}), whatever its AUC "
+                  f"{point:.3f}")  # fmt: skip
         what = (f"the target's attention hardly varies between prompts (its split between the "
                 f"classes' label words has a standard deviation of {float(spread[layer]):.1e} "
                 f"in layer {layer}, below {MARGINS['share']}), so it cannot carry the "
@@ -318,4 +335,5 @@ def deep_prediction(
                    point, float(low[0]), float(high[0]), 0.5, "chance", 0.5,
                    sentence("C4", outcome, what), result.n_prompts, tuple(layers),
                    {"layer": layer, "auc": [safe_float(a) for a in auc.tolist()],
-                    "share_spread": [safe_float(s) for s in spread.tolist()]})  # fmt: skip
+                    "share_spread": [safe_float(s) for s in spread.tolist()]},
+                   reason)  # fmt: skip

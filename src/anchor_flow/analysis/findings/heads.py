@@ -24,7 +24,13 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from anchor_flow.analysis.findings.verdicts import Finding, json_safe, sentence, verdict
+from anchor_flow.analysis.findings.verdicts import (
+    Finding,
+    json_safe,
+    sentence,
+    verdict,
+    verdict_reason,
+)
 from anchor_flow.analysis.heads.causal import ARMS, HeadBlockingResult
 from anchor_flow.analysis.heads.flows import HeadFlows
 from anchor_flow.results.stats import bootstrap_interval
@@ -79,7 +85,7 @@ def causal_heads(
         lo, hi = bootstrap_interval(difference, lambda v: v.mean(0),
                                     n_resamples=n_resamples, seed=seed)  # fmt: skip
         low, high = float(lo[0]), float(hi[0])
-    outcome = verdict(point, low, high, "difference")
+    outcome, reason = verdict_reason(point, low, high, "difference", int(difference.shape[0]))
     heads = (f"gathering heads {list(result.gathering_heads)} and reading heads "
              f"{list(result.reading_heads)}")  # fmt: skip
     what = (f"blocking the label-word flow in the {heads} lowers label loyalty to "
@@ -101,4 +107,5 @@ def causal_heads(
                    "extra loyalty drop of blocking the anchor heads over random heads (paired)",
                    point, low, high, 0.0, "as many random heads of the same layers: loyalty drop",
                    1.0 - float(random.mean()), sentence(HEAD_CLAIM, outcome, what),
-                   int(difference.shape[0]), tuple(layers), json_safe(details))  # fmt: skip
+                   int(difference.shape[0]), tuple(layers), json_safe(details),
+                   reason=reason)  # fmt: skip

@@ -34,12 +34,15 @@ class ReweightingPrompts:
         test: the evaluation queries with the same demonstrations (vanilla 1-shot, re-weighted).
         k_shot: the evaluation queries with the auxiliary examples added as demonstrations.
         k_shot_shots: demonstrations per class of ``k_shot`` (1 + extra, or fewer to fit).
+        seed: the sampling seed of these sets; :func:`~anchor_flow.applications.reweighting.
+            protocol.run_reweighting` seeds its training order with it, as the CLI does.
     """
 
     train: list[ICLPrompt]
     test: list[ICLPrompt]
     k_shot: list[ICLPrompt]
     k_shot_shots: int
+    seed: int | None = None
 
 
 def reweighting_prompts(
@@ -92,7 +95,9 @@ def reweighting_prompts(
         shots = 1 + train_per_class
         while shots > 2 and not fits(list(source(seed, n_examples, shots))):
             shots -= 1
-        return ReweightingPrompts(train_set, test_set, list(source(seed, n_examples, shots)), shots)
+        return ReweightingPrompts(
+            train_set, test_set, list(source(seed, n_examples, shots)), shots, seed
+        )
     everything = sample_demonstrations(
         train, n_classes, shots_per_class=1 + train_per_class, seed=seed
     )
@@ -112,7 +117,9 @@ def reweighting_prompts(
         k_shot = build_prompts(
             task, queries, sample_demonstrations(train, n_classes, shots_per_class=shots, seed=seed)
         )
-    return ReweightingPrompts(build_prompts(task, extra, demonstrations), test_set, k_shot, shots)
+    return ReweightingPrompts(
+        build_prompts(task, extra, demonstrations), test_set, k_shot, shots, seed
+    )
 
 
 def demonstrations_per_class(prompts: Sequence[ICLPrompt]) -> int:

@@ -192,12 +192,12 @@ def run_reweighting(
     model: Any,
     prompts: ReweightingPrompts,
     *,
-    run_name: str = "run-0",
+    run_name: str | None = None,
     epochs: int = 10,
     lr: float = 0.01,
     train_batch_size: int = 1,
     batch_size: int = 8,
-    seed: int = 0,
+    seed: int | None = None,
     renormalise: bool = False,
     label_token_policy: Policy = "single",
     progress: bool = True,
@@ -212,12 +212,23 @@ def run_reweighting(
     Args:
         model: a TransformerLens model with live attention hooks.
         prompts: the seed's prompt sets (:func:`reweighting_prompts`).
-        run_name: the run's name in pooled results (e.g. ``"seed-42"``).
-        epochs, lr, train_batch_size, seed, renormalise: as for :func:`fit_reweighting`.
+        run_name: the run's name in pooled results (default ``"seed-<seed>"``, the CLI's).
+        epochs, lr, train_batch_size, renormalise: as for :func:`fit_reweighting`.
+        seed: the training order's seed (:func:`fit_reweighting`); default the prompts' own
+            sampling seed (``prompts.seed``), as ``anchor-flow run`` and ``anchor-flow
+            reweight`` pass it, so a Python loop over seeds reproduces their numbers.
         batch_size: prompts per evaluation forward pass (results do not depend on it).
         label_token_policy: multi-token label words (see ``tokenize_prompts``).
         progress: show progress bars.
     """
+    if seed is None:
+        if prompts.seed is None:
+            raise ReweightingError(
+                "seed=None and the prompt sets carry no seed; expected seed= (the CLI passes "
+                "each paper seed) or prompt sets from reweighting_prompts"
+            )
+        seed = prompts.seed
+    run_name = f"seed-{seed}" if run_name is None else run_name
     fit = fit_reweighting(
         model,
         prompts.train,

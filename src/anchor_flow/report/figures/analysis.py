@@ -15,6 +15,7 @@ run a model and never show a figure. Layers are 0-indexed, as everywhere in anch
 from __future__ import annotations
 
 import plotly.graph_objects as go
+import torch
 
 from anchor_flow.analysis.deep import DeepResult
 from anchor_flow.analysis.flows import InformationFlow
@@ -102,6 +103,15 @@ def _band(x: list[int], low: list[float | None], high: list[float | None], colou
     )  # fmt: skip
 
 
+def r_defined(auc: torch.Tensor) -> bool:
+    """Whether R_l (Eq. 5) reads as a share: the total ``AUCROC_l - 0.5`` over the layers
+    is positive. Otherwise R_l is a share of a negative sum (it can reach 1.0 in a layer
+    whose AUC is 0.01), and the report hides it."""
+    excess = auc.double() - 0.5
+    total = float(excess[torch.isfinite(excess)].sum())
+    return total > 0
+
+
 def plot_deep(result: DeepResult, *, ci: bool = True, level: float = 0.95) -> go.Figure:
     """AUCROC_l (left axis, with a band) and R_l (right axis) per layer (Fig. 5).
 
@@ -122,12 +132,19 @@ def plot_deep(result: DeepResult, *, ci: bool = True, level: float = 0.95) -> go
                    line={"color": AUC_COLOUR, "width": 2},
                    hovertemplate="AUCROC_l, layer %{x}: %{y:.3f}<extra></extra>")
     )  # fmt: skip
+    shown = r_defined(result.auc())
+    r_values = _cells(result.r_curve()) if shown else [None] * result.n_layers
     figure.add_trace(
-        go.Scatter(x=layers, y=_cells(result.r_curve()), mode="lines+markers", name="R_l",
+        go.Scatter(x=layers, y=r_values, mode="lines+markers", name="R_l",
                    yaxis="y2", line={"color": R_COLOUR, "width": 2, "dash": "dash"},
                    hovertemplate="R_l, layer %{x}: %{y:.3f}<extra></extra>")
     )  # fmt: skip
     figure.add_hline(y=0.5, line={"color": "#999", "dash": "dot"})
+    if not shown and not bool(result.auc().isnan().all()):
+        figure.add_annotation(
+            text="R_l not shown: AUCROC_l lies below 0.5 on balance, so R_l would be a share "
+            "of a negative sum", xref="paper", yref="paper", x=0.5, y=0.05, showarrow=False,
+        )  # fmt: skip
     if bool(result.auc().isnan().all()):
         figure.add_annotation(
             text="AUCROC_l is undefined in every layer: the model predicts a single class on "
@@ -136,7 +153,7 @@ def plot_deep(result: DeepResult, *, ci: bool = True, level: float = 0.95) -> go
         )  # fmt: skip
     # One shared range for both axes: each curve is drawn at its own value, so R_l is not
     # laid exactly over AUCROC_l by two autoscaled axes.
-    r = [v for v in _cells(result.r_curve()) if v is not None]
+    r = [v for v in r_values if v is not None]
     shared = [min([0.0, *r]) - 0.05, max([1.0, *r]) + 0.05]
     figure.update_layout(
         title={"text": "Target attention to label words as a classifier of the prediction"

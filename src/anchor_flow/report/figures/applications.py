@@ -13,6 +13,7 @@ run a model and never show a figure. Layers are 0-indexed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import plotly.graph_objects as go
@@ -154,18 +155,26 @@ def plot_confusion(
         cols=2,
         subplot_titles=[f"Predicted confusion (layer {layer}, Eq. 11)", "Real confusion (AUC)"],
     )
+    eye = torch.eye(len(names), dtype=torch.bool)
     for col, (matrix, label) in enumerate(((predicted, "predicted"), (real, "real")), start=1):
+        # The diagonal (a class against itself) means nothing: blank. Each panel has its own
+        # scale over its off-diagonal values, so that differences between pairs show.
+        matrix = matrix.double().masked_fill(eye, math.nan)
+        finite = matrix[torch.isfinite(matrix)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.numel() else (0.0, 1.0)
+        if high - low < 1e-9:
+            low, high = low - 0.05, high + 0.05
         figure.add_trace(
             go.Heatmap(
                 z=[_cells(row) for row in matrix],
                 x=list(range(len(names))),
                 y=list(range(len(names))),
-                zmin=0,
-                zmax=1,
+                zmin=low,
+                zmax=high,
                 colorscale="Viridis",
-                showscale=col == 2,
+                colorbar={"x": 0.45 if col == 1 else 1.02, "len": 0.9, "thickness": 12},
                 text=[[f"{label}: {a} vs {b}" for b in names] for a in names],
-                texttemplate="%{z:.2f}",
+                texttemplate="%{z:.2f}" if high - low >= 0.05 else "%{z:.4f}",
                 name=label,
                 hovertemplate="%{text} = %{z:.3f}<extra></extra>",
             ),
@@ -174,9 +183,14 @@ def plot_confusion(
         )
     figure.update_xaxes(tickangle=-30, **ticks)
     figure.update_yaxes(autorange="reversed", **ticks)
+    off = real.double().masked_fill(eye, math.nan)
+    values = off[torch.isfinite(off)]
+    same = bool(values.numel()) and float(values.max() - values.min()) < 1e-9
+    note = f"; every real pair {float(values[0]):.3f}: nothing to rank" if same else ""
     figure.update_layout(
         title=f"Anchor distances vs real confusion ({result.run_names[run]}; Spearman "
-        f"rho = {rho:.2f}; lower = more confused)"
+        f"rho = {rho:.2f} over {len(names) * (len(names) - 1) // 2} pairs; lower = more "
+        f"confused{note})"
     )
     return figure
 

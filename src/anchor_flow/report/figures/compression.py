@@ -126,8 +126,11 @@ def plot_speedup(
 
     def add(name: str, x: Sequence[Any], y: Sequence[Any], **style: Any) -> None:
         order = sorted(range(len(x)), key=lambda i: x[i])
+        # The FLOP-ideal ratio (up to ~20x) has its own axis on the right: on the measured
+        # speed-ups' axis it would squash them into the bottom tenth.
+        axis = {"yaxis": "y2"} if name == "FLOP-ideal" else {}
         figure.add_trace(go.Scatter(x=[x[i] for i in order], y=[y[i] for i in order],
-                                    name=name, mode="lines+markers", **style))  # fmt: skip
+                                    name=name, mode="lines+markers", **axis, **style))  # fmt: skip
 
     for name, (x_values, y_values) in series.items():
         add(name, x_values, y_values)
@@ -143,5 +146,11 @@ def plot_speedup(
         xaxis={"title": {"text": "Demonstration length L_demo (tokens)"}},
         yaxis={"title": {"text": "Speed-up (×)"}, "rangemode": "tozero"},
         template="plotly_white",
+        legend={"x": 1.08},
     )
+    if "FLOP-ideal" in bounds:
+        figure.update_layout(yaxis2={
+            "title": {"text": "FLOP-ideal ratio (×, grey dashed)"}, "overlaying": "y",
+            "side": "right", "rangemode": "tozero", "showgrid": False, "tickformat": ".1f",
+        })  # fmt: skip
     return figure
