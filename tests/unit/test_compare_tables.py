@@ -32,8 +32,8 @@ def test_findings_rows_keep_what_a_later_version_adds() -> None:
     rows = finding_rows([
         {"claim": "C2", "subject": "null model", "verdict": "inconclusive", "value": None,
          "interval": [None, None], "details": {"k": 1}, "layers": [4, 5]},
-        {"claim": "A1", "verdict": "holds", "value": 0.3, "interval": [0.1, 0.5],
-         "reason": "re-weighting beats vanilla"},
+        {"claim": "Z9", "verdict": "holds", "value": 0.3, "interval": [0.1, 0.5],
+         "reason": "a claim of a later version"},
     ])  # fmt: skip
     first, second = rows.to_dict("records")
     assert first["claim_title"] == "C2: deep layers: the target reads the label words"
@@ -41,9 +41,9 @@ def test_findings_rows_keep_what_a_later_version_adds() -> None:
     assert math.isnan(first["ci_low"])
     assert first["details"] == '{"k": 1}'
     assert first["layers"] == "[4, 5]"
-    assert (second["claim_title"], second["subject"]) == ("A1", "model")
+    assert (second["claim_title"], second["subject"]) == ("Z9", "model")
     assert (second["ci_low"], second["ci_high"]) == (0.1, 0.5)
-    assert second["reason"] == "re-weighting beats vanilla"
+    assert second["reason"] == "a claim of a later version"
 
 
 def test_settings_that_differ_and_those_shared() -> None:
