@@ -3,6 +3,6 @@
 figures/ turns result objects into plotly figures; html writes a page of sections; sections
 holds each experiment's standard sections; folder renders a whole results folder.
 
-May import: analysis, applications, icl, results (errors and tensor_types always).
+May import: analysis, applications, icl, results (errors always).
 Never imported by: models, results, icl, testbeds, analysis, applications.
 """
