@@ -1,5 +1,6 @@
 """scripts/check_site.py, the browser check of the documentation site, can fail: it reports
-a console.error, an uncaught exception and a script that does not load, and passes a clean
+a console.error, an uncaught exception, a script that does not load and a plotly figure
+that was not drawn, and passes a clean
 page. (.ci/run runs it on the built site.)"""
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def test_the_site_check_reports_errors_and_passes_a_clean_page(tmp_path: Path) -
     broken = tmp_path / "broken.html"
     broken.write_text(
         '<html><head><script src="missing.js"></script></head><body>'
+        '<div class="plotly-graph-div" id="fig-1"></div>'
         '<script>console.error("bad thing"); notDefined();</script></body></html>'
     )
     assert check.page_errors(clean, browser) == []
@@ -36,4 +38,4 @@ def test_the_site_check_reports_errors_and_passes_a_clean_page(tmp_path: Path) -
     assert any("missing.js" in e for e in errors), errors
     assert "bad thing" in errors, errors
     assert any("notDefined" in e for e in errors), errors
-    assert not list(tmp_path.glob(".site-check-*"))  # the probed copies are removed
+    assert "plotly figure fig-1 was not drawn" in errors, errors
