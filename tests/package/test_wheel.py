@@ -49,11 +49,14 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("venv") / "env"
-    _run([sys.executable, "-m", "venv", "--without-pip", str(root)])
+    env = _clean_env()  # without PYTHONPATH: pip would take a src/ on it for an installed copy
+    _run([sys.executable, "-m", "venv", "--without-pip", str(root)], env=env)
     python = root / "bin" / "python"
     _run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
-          "--no-deps", "--no-index", str(wheel)])  # fmt: skip
-    purelib = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+          "--no-deps", "--no-index", str(wheel)], env=env)  # fmt: skip
+    purelib = _run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env=env
+    )
     ours = [p for p in site.getsitepackages() if Path(p).is_dir()]
     (Path(purelib.stdout.strip()) / "_anchor_flow_test_deps.pth").write_text("\n".join(ours))
     return root
