@@ -15,6 +15,40 @@ import torch
 from anchor_flow.models import tl_adapter
 from anchor_flow.testbeds.toy import build_toy_tokenizer
 
+# --- Test tiers (markers given by path; see docs/development.md "Test tiers") -------------
+# unit        tests/unit/**: no TransformerLens model; the same on every TL line. The quick loop.
+# model       tests/model/**: builds TL models, runs experiments, the CLI, notebooks.
+# acceptance  tests/acceptance/**: real checkpoints (skipped when they are not cached).
+# package     tests/package/**: the built wheel, the docs site, the repository's files.
+# doctest     every docstring example in src/anchor_flow.
+# tl_line     what can differ between TransformerLens lines: every model, acceptance and
+#             doctest item, unless marked ``same_on_tl_lines``; a unit test that does depend
+#             on the line opts in with ``@pytest.mark.tl_line``. .ci/run runs
+#             ``-m tl_line`` again under TransformerLens 3.9.
+TIERS = ("unit", "model", "acceptance", "package")
+TL_LINE_TIERS = ("model", "acceptance", "doctest")
+
+
+def _tier(item: pytest.Item) -> str | None:
+    if isinstance(item, pytest.DoctestItem):
+        return "doctest"
+    parts = item.path.parts
+    for tier in TIERS:
+        if "tests" in parts and tier in parts[parts.index("tests") + 1 :][:1]:
+            return tier
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = _tier(item)
+        if tier is None:
+            continue
+        item.add_marker(tier)
+        if tier in TL_LINE_TIERS and item.get_closest_marker("same_on_tl_lines") is None:
+            item.add_marker("tl_line")
+
+
 TL_CLASSES = tuple(
     kind
     for kind, cls in (

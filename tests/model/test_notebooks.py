@@ -4,7 +4,9 @@ top to bottom against the offline demo model (each notebook's default)."""
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -88,3 +90,11 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
         kernel_name="python3",
         resources={"metadata": {"path": str(tmp_path)}},
     ).execute()  # raises CellExecutionError with the failing cell's traceback
+    if outputs := os.environ.get("ANCHOR_FLOW_NOTEBOOK_OUTPUTS"):
+        # .ci/run: the documentation site renders this executed copy instead of executing
+        # the notebook again (scripts/execute_notebooks.py checks the source hash).
+        notebook.metadata["anchor_flow_source_sha256"] = hashlib.sha256(
+            path.read_bytes()
+        ).hexdigest()
+        Path(outputs).mkdir(parents=True, exist_ok=True)
+        nbformat.write(notebook, Path(outputs) / path.name)

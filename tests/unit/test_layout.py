@@ -18,7 +18,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "anchor_flow"
 #: Modules at the top that every layer may import (they import nothing of anchor_flow).
-BASE = {"errors", "tensor_types", "_version"}
+BASE = {"errors", "_version"}
 MAX_LINES = 400
 MAX_TOP_MODULES = 6
 

@@ -3,6 +3,6 @@
 Hook factories and run_* functions that measure a model; edge groups from roles, the
 blocking hooks the isolation uses, and loyalty (shared with compression's Table 2).
 
-May import: icl, models, results (errors and tensor_types always).
+May import: icl, models, results (errors always).
 Never imported by: models, results, icl, testbeds.
 """

@@ -3,6 +3,6 @@
 One subpackage per application; each builds on §2's hooks (blocking, loyalty) and never on
 another application.
 
-May import: analysis, icl, models, results (errors and tensor_types always).
+May import: analysis, icl, models, results (errors always).
 Never imported by: models, results, icl, testbeds, analysis.
 """

@@ -5,6 +5,6 @@ caches), guards experiments (frozen parameters, live attention hooks), checkpoin
 gradient passes at long contexts (recompute) and loads models by name, folder or object;
 built-in models register themselves here from anchor_flow.testbeds.
 
-May import: nothing of anchor_flow (errors and tensor_types always).
+May import: nothing of anchor_flow (errors always).
 Never imported by: results, report.
 """

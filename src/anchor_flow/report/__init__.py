@@ -4,6 +4,6 @@ figures/ turns result objects into plotly figures; html writes a page of section
 holds each experiment's standard sections; folder renders a whole results folder;
 compare/ sets several results folders side by side (anchor-flow compare).
 
-May import: analysis, applications, icl, results (errors and tensor_types always).
+May import: analysis, applications, icl, results (errors always).
 Never imported by: models, results, icl, testbeds, analysis, applications.
 """

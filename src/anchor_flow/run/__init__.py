@@ -3,6 +3,6 @@
 config holds RunConfig and the experiment names; steps runs each experiment's public run_*
 function per seed and writes its files; pipeline owns the folder (resume, refuse, restart).
 
-May import: analysis, applications, icl, models, report, results (errors and tensor_types always).
+May import: analysis, applications, icl, models, report, results (errors always).
 Never imported by: models, results, icl, testbeds, analysis, applications, report.
 """

@@ -4,7 +4,7 @@ Importing this package registers the built-in tasks (toy-sentiment, synthetic-k*
 anchor_flow.icl.tasks and the built-in models (toy-gpt2, demo, planted-*) in
 anchor_flow.models.loading.
 
-May import: icl, models (errors and tensor_types always).
+May import: icl, models (errors always).
 Never imported by: models, results, icl, analysis, applications, report, run.
 """
 
