@@ -342,3 +342,20 @@ def test_bad_input_is_refused_with_a_message(call, message):
 def test_sampling_error_is_a_value_error():
     assert issubclass(SamplingError, ValueError)
     assert isinstance(build_prompts(AGNEWS, TEST[:1], ())[0], ICLPrompt)
+
+
+def test_a_class_short_of_examples_is_named_when_the_names_are_known() -> None:
+    """Issue 28: refusals gave class counts by position only ([20, 0, 20])."""
+    train = [Example("a", 0), Example("b", 0), Example("c", 2), Example("d", 2)]
+    with pytest.raises(SamplingError) as info:
+        sample_demonstrations(train, 3, seed=42, label_names=("negative", "neutral", "positive"))
+    assert str(info.value) == (
+        "class 1 ('neutral') has 0 training examples but shots_per_class=1 needs at least 1; "
+        "counts per class: {'negative': 2, 'neutral': 0, 'positive': 2}"
+    )
+
+
+def test_task_prompts_names_the_short_class() -> None:
+    train = [Example(f"t{i}", 0) for i in range(3)]
+    with pytest.raises(SamplingError, match=r"class 1 \('positive'\) has 0 training examples"):
+        task_prompts(get_task("sst2"), train, [Example("q", 0)], seed=42, n_examples=1)

@@ -85,13 +85,24 @@ def _class_rows(train: Sequence[Example], n_classes: int) -> list[list[int]]:
     return rows
 
 
-def _check_counts(rows: list[list[int]], needed: int, shots_per_class: int) -> None:
+def _check_counts(
+    rows: list[list[int]],
+    needed: int,
+    shots_per_class: int,
+    label_names: Sequence[str] | None = None,
+) -> None:
+    names = list(label_names) if label_names is not None and len(label_names) == len(rows) else None
     for c, members in enumerate(rows):
         if len(members) < needed:
+            which = f"class {c} ({names[c]!r})" if names else f"class {c}"
+            counts = (
+                "{" + ", ".join(f"{n!r}: {len(m)}" for n, m in zip(names, rows, strict=True)) + "}"
+                if names
+                else str([len(m) for m in rows])
+            )
             raise SamplingError(
-                f"class {c} has {len(members)} training examples but shots_per_class="
-                f"{shots_per_class} needs at least {needed}; counts per class: "
-                f"{[len(m) for m in rows]}"
+                f"{which} has {len(members)} training examples but shots_per_class="
+                f"{shots_per_class} needs at least {needed}; counts per class: {counts}"
             )
 
 
@@ -126,6 +137,7 @@ def sample_demonstrations(
     shots_per_class: int = 1,
     seed: int,
     fix_class_order: bool = False,
+    label_names: Sequence[str] | None = None,
 ) -> tuple[Example, ...]:
     """One demonstration set per seed, shared by every query (scheme (a), paper §2.2–§3.2).
 
@@ -141,6 +153,7 @@ def sample_demonstrations(
         seed: one of :data:`PAPER_SEEDS` to reproduce the paper.
         fix_class_order: sort the demonstrations by class (stable); the paper's order is the
             order met along the permutation, so the class order varies with the seed.
+        label_names: the classes' names, for a refusal that names them (optional).
 
     Raises:
         SamplingError: an empty pool, a label out of range, or a class with fewer than
@@ -149,7 +162,7 @@ def sample_demonstrations(
     check_positive("shots_per_class", shots_per_class)
     _check_seed(seed)
     rows = _class_rows(train, n_classes)
-    _check_counts(rows, shots_per_class, shots_per_class)
+    _check_counts(rows, shots_per_class, shots_per_class, label_names)
     # np.random.seed(seed); np.random.shuffle(all_indices) draws exactly these.
     order = np.random.RandomState(seed).permutation(len(train))
     taken = [0] * n_classes
@@ -175,6 +188,7 @@ def per_example_demonstrations(
     shots_per_class: int = 1,
     seed: int,
     fix_class_order: bool = False,
+    label_names: Sequence[str] | None = None,
 ) -> list[tuple[Example, ...]]:
     """Fresh demonstrations for every query, one class order per seed (scheme (b), paper §2.1).
 
@@ -194,6 +208,7 @@ def per_example_demonstrations(
         shots_per_class: demonstrations per class and query.
         seed: one of :data:`PAPER_SEEDS` to reproduce the paper.
         fix_class_order: keep class order 0..C-1 instead of the seed's shared reordering.
+        label_names: the classes' names, for a refusal that names them (optional).
 
     Raises:
         SamplingError: an empty pool, a label out of range, or a class with no rows.
@@ -202,7 +217,7 @@ def per_example_demonstrations(
     check_positive("shots_per_class", shots_per_class)
     _check_seed(seed)
     rows = _class_rows(train, n_classes)
-    _check_counts(rows, 1, shots_per_class)
+    _check_counts(rows, 1, shots_per_class, label_names)
     pools = [np.asarray(members) for members in rows]
     rng = np.random.RandomState(seed)  # the code's np.random.seed(seed) + np.random.choice
     n_demos = n_classes * shots_per_class
@@ -321,6 +336,7 @@ def task_prompts(
             shots_per_class=shots_per_class,
             seed=seed,
             fix_class_order=fix_class_order,
+            label_names=task.label_names,
         )
     else:
         demonstrations = per_example_demonstrations(
@@ -330,5 +346,6 @@ def task_prompts(
             shots_per_class=shots_per_class,
             seed=seed,
             fix_class_order=fix_class_order,
+            label_names=task.label_names,
         )
     return build_prompts(task, queries, demonstrations)

@@ -99,7 +99,11 @@ def reweighting_prompts(
             train_set, test_set, list(source(seed, n_examples, shots)), shots, seed
         )
     everything = sample_demonstrations(
-        train, n_classes, shots_per_class=1 + train_per_class, seed=seed
+        train,
+        n_classes,
+        shots_per_class=1 + train_per_class,
+        seed=seed,
+        label_names=task.label_names,
     )
     seen: set[int] = set()
     demonstrations: list[Example] = []
