@@ -210,3 +210,13 @@ def test_findings_table_has_no_no_effect_column_in_the_page(tmp_path: Path) -> N
     assert section is not None
     assert isinstance(section.table, pd.DataFrame)
     assert "no effect" not in section.table.columns
+
+
+def test_the_heads_blocking_section_leads_with_h1() -> None:
+    """Merge of issues 24 and 29: the head-level causal check leads with its verdict too."""
+    h1 = {**FINDING, "claim": "H1", "verdict": "holds", "sentence": "The claim holds: yes.",
+          "reason": "interval [0.6, 0.9] excludes 0 and 0.767 clears 0.05"}  # fmt: skip
+    section = ReportSection("Anchor heads: blocking them vs random heads", None, "text")
+    (led,) = with_verdicts([section], {"findings": [h1, FINDING]})
+    assert led.verdict == "holds"
+    assert "why: interval [0.6, 0.9] excludes 0" in led.lead

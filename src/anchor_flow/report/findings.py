@@ -57,7 +57,10 @@ _FINDINGS = (
     "the shallow layers lowers label loyalty more than isolating as many random rows there, and "
     "more than isolating them in as many deep layers (paired over prompts). C4: in the deep "
     "layer where AUCROC_l is furthest from 0.5, the target's attention to the label words "
-    "predicts the model's output (above 0.5; below is 'inverted'). A1: re-weighted ICL beats "
+    "predicts the model's output (above 0.5; below is 'inverted'). H1 (beyond the paper): "
+    "blocking the label-word flow in the top gathering and reading heads lowers label loyalty "
+    "more than blocking it in as many random heads of the same layers (paired). A1: re-weighted "
+    "ICL beats "
     "vanilla 1-shot and k-shot ICL in accuracy (paired per prompt within each seed). A2: "
     "Hidden_anchor keeps the full prompt's predictions (label loyalty) better than Hidden_random "
     "and Text_anchor. A3: the predicted confusion ranks the class pairs like the real one "
@@ -140,6 +143,7 @@ SECTION_CLAIMS = {
     "Anchor re-weighting: accuracy": ("A1",),
     "Anchor-only context compression": ("A2",),
     "Error diagnosis": ("A3",),
+    "Anchor heads: blocking them vs random heads": ("H1",),
 }
 
 
