@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -120,7 +121,8 @@ def test_values_are_each_runs_own(runs: dict[str, Path]) -> None:
         for row, entry in zip(findings.itertuples(), record["findings"], strict=True):
             assert (row.claim, row.subject, row.verdict) == (
                 entry["claim"], entry["subject"], entry["verdict"])  # fmt: skip
-            assert (row.ci_low, row.ci_high) == pytest.approx(tuple(entry["interval"]))
+            expected = tuple(math.nan if x is None else x for x in entry["interval"])
+            assert (row.ci_low, row.ci_high) == pytest.approx(expected, nan_ok=True)
     # Isolation: the shallow label arm at the count C3 uses (demo: 6 layers, shallow 0-1,
     # counts 1 and 3 -> 1).
     demo = runs["demo"]
@@ -236,7 +238,7 @@ def test_what_is_missing_is_named(runs: dict[str, Path], tmp_path: Path) -> None
     def add_claim(record: dict[str, Any]) -> None:  # a claim and keys of a later version
         record["findings"].append(
             {
-                "claim": "A1",
+                "claim": "Z9",
                 "subject": "model",
                 "verdict": "holds",
                 "value": 0.1,
@@ -264,25 +266,40 @@ def test_what_is_missing_is_named(runs: dict[str, Path], tmp_path: Path) -> None
     assert comparison.flows.query("run == @lk").empty
     assert set(comparison.deep.query("run == @o")["depth"]) == {0.0, 1.0}  # inferred 2 layers
     matrix = comparison.findings_matrix().set_index("claim")
-    assert matrix.loc["A1", lk].startswith("holds: 0.1 [0.05, 0.2]")
-    assert comparison.findings.query("claim == 'A1'")["reason"].item() == "why"
+    assert matrix.loc["Z9", lk].startswith("holds: 0.1 [0.05, 0.2]")
+    assert comparison.findings.query("claim == 'Z9'")["reason"].item() == "why"
 
 
 def test_anchor_heads(runs: dict[str, Path], tmp_path: Path) -> None:
     heads = _with_heads(runs["anchor"], tmp_path / "heads")
-    comparison = compare_runs([runs["demo"], heads])
+    comparison = compare_runs([runs["formatting"], heads])
     label = _label(comparison, heads)
     assert comparison.heads["run"].unique().tolist() == [label]
     assert comparison.heads["depth"].tolist() == [0.0, 1.0, 1.0]  # layers 0, 1, 1 of 2
     causal = comparison.heads_causal.set_index(["arm", "metric"])["mean"]
     assert causal["anchor_heads", "label_loyalty"] == 0.4
-    assert ("demo · demo-k3", "heads") in {
+    assert ("planted-formatting · synthetic-k3", "heads") in {
         (r.run, r.experiment) for r in comparison.missing.itertuples()}  # fmt: skip
     figure = plot_compare_heads(comparison).to_dict()
     bars = [t for t in figure["data"] if t["type"] == "bar"]
     assert [list(t["y"]) for t in bars] == [[0.4], [0.95]]
     assert {t["name"] for t in figure["data"] if t["type"] == "scatter"} == {
         f"{label}: gathering", f"{label}: reading"}  # fmt: skip
+
+
+def test_a_real_heads_experiment_is_read_from_its_own_files(runs: dict[str, Path]) -> None:
+    """The demo run's default experiments include the anchor heads (issue 24): the comparison
+    shows what its heads/top_heads.csv and heads/causal.csv hold."""
+    comparison = compare_runs([runs["demo"]])
+    top = pd.read_csv(runs["demo"] / "heads" / "top_heads.csv")
+    causal = pd.read_csv(runs["demo"] / "heads" / "causal.csv")
+    mine = comparison.heads
+    assert len(mine) == len(top)
+    assert mine["layer"].tolist() == top["layer"].tolist()
+    assert mine["share"].tolist() == pytest.approx(top["share"].tolist())
+    assert mine["depth"].tolist() == pytest.approx((top["layer"] / 5).tolist())  # 6 layers
+    assert comparison.heads_causal["mean"].tolist() == pytest.approx(causal["mean"].tolist())
+    assert "heads" not in set(comparison.missing["experiment"])
 
 
 def test_save_load_and_frozen(runs: dict[str, Path], tmp_path: Path) -> None:
