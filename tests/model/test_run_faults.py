@@ -259,3 +259,28 @@ def test_sigterm_is_one_line_143_and_the_step_is_recorded_interrupted(tmp_path) 
     assert entry["status"] == "failed", entry
     assert entry["error"].startswith("interrupted (SIGTERM"), entry
     assert not (out / "deep" / "deep_meta.json").exists()  # the partial file is gone
+
+
+def test_a_sigterm_while_main_returns_is_no_traceback(monkeypatch, capsys) -> None:
+    """Seen under the launcher on CI: rank 0 had printed 'rank 1 ... died' and was returning
+    when the launcher's SIGTERM for the remaining ranks landed inside main's restoring of the
+    previous handler; Terminated escaped as a 15-line traceback. The handler firing there is
+    simulated by a signal.signal that raises on its second call (the restore)."""
+    import anchor_flow.cli as cli
+
+    real, calls = signal.signal, []
+
+    def restore_then_fire(signum, handler):
+        calls.append(handler)
+        previous = real(signum, handler)
+        if len(calls) == 2:
+            raise cli.Terminated("SIGTERM, from a scheduler or launcher")
+        return previous
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli, "_main", lambda argv: 2)
+    monkeypatch.setattr(cli.signal, "signal", restore_then_fire)
+    assert cli.main([]) == 2  # the run's own outcome, already reported
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGTERM) == before  # the caller's handler is back
+    assert capsys.readouterr().err == ""

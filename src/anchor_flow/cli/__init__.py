@@ -184,10 +184,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is not threading.main_thread():
         return _main(argv)
     previous = signal.signal(signal.SIGTERM, _terminate)
+    code: int | None = None
     try:
-        return _main(argv)
-    finally:
+        try:
+            code = _main(argv)
+            return code
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    except Terminated:
+        # A SIGTERM that lands while main is already returning (a launcher stopping the other
+        # ranks after one died): the outcome was reported; no traceback, the handler restored.
         signal.signal(signal.SIGTERM, previous)
+        return code if code is not None else 143
 
 
 def _main(argv: Sequence[str] | None) -> int:
