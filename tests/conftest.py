@@ -15,6 +15,14 @@ import torch
 from anchor_flow.models import tl_adapter
 from anchor_flow.testbeds.toy import build_toy_tokenizer
 
+# One intra-op thread per test process (and for the processes the tests start), as a run does
+# for small models (anchor_flow.run.threads): every model here is tiny, pytest-xdist already
+# gives each core a worker, and on a busy machine torch's spin-waiting OpenMP pool made the
+# suite several times slower. A user who set OMP_NUM_THREADS keeps their choice.
+if "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 # --- Test tiers (markers given by path; see docs/development.md "Test tiers") -------------
 # unit        tests/unit/**: no TransformerLens model; the same on every TL line. The quick loop.
 # model       tests/model/**: builds TL models, runs experiments, the CLI, notebooks.

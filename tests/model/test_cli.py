@@ -14,6 +14,11 @@ from anchor_flow.cli import main
 from anchor_flow.icl.evaluation import ICLResult
 from anchor_flow.icl.prompts import load_prompts
 
+# Same on every TransformerLens line, so not run again under 3.9: the subject is the command line's
+# arguments, outputs and errors, above the model interface that the tl_class-parametrized tests and
+# test_run.py check on every installed line (docs/development.md, "Test tiers").
+pytestmark = pytest.mark.same_on_tl_lines
+
 QUICK = ["--n-examples", "6", "--seeds", "42", "--quiet"]
 
 

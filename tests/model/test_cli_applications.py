@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from anchor_flow.cli import main
+
+# Same on every TransformerLens line, so not run again under 3.9: the subject is the reweight and
+# diagnose commands' files and errors, above the model interface that the tl_class-parametrized
+# tests and test_run.py check on every installed line (docs/development.md, "Test tiers").
+pytestmark = pytest.mark.same_on_tl_lines
 
 
 def test_reweight_and_diagnose_write_results_and_one_report(tmp_path, capsys):

@@ -10,6 +10,11 @@ from anchor_flow.applications.compression.baselines import CompressionResult
 from anchor_flow.cli import main
 from anchor_flow.report.figures.compression import plot_compression, plot_speedup
 
+# Same on every TransformerLens line, so not run again under 3.9: the subject is the compress
+# command's files and errors, above the model interface that the tl_class-parametrized tests and
+# test_run.py check on every installed line (docs/development.md, "Test tiers").
+pytestmark = pytest.mark.same_on_tl_lines
+
 
 def test_compress_command_writes_results_and_report(tmp_path, capsys):
     out = tmp_path / "run"

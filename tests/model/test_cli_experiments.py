@@ -11,6 +11,11 @@ from anchor_flow.analysis.deep import DeepResult
 from anchor_flow.analysis.isolation import IsolationResult
 from anchor_flow.cli import main
 
+# Same on every TransformerLens line, so not run again under 3.9: the subject is the isolation and
+# deep commands' files, report and errors, above the model interface that the tl_class-parametrized
+# tests and test_run.py check on every installed line (docs/development.md, "Test tiers").
+pytestmark = pytest.mark.same_on_tl_lines
+
 TOY = ["--model", "toy-gpt2", "--task", "toy-sentiment"]
 QUICK = [*TOY, "--n-examples", "6", "--seeds", "42,43", "--quiet"]
 

@@ -6,8 +6,14 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from anchor_flow.cli import main
+
+# Same on every TransformerLens line, so not run again under 3.9: the subject is the heads
+# command's files and errors, above the model interface that the tl_class-parametrized tests and
+# test_run.py check on every installed line (docs/development.md, "Test tiers").
+pytestmark = pytest.mark.same_on_tl_lines
 
 ARGS = ["--model", "planted-anchor", "--task", "synthetic-k3", "--seeds", "42",
         "--n-examples", "12", "--quiet"]  # fmt: skip

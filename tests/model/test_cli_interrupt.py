@@ -18,7 +18,13 @@ import pytest
 
 import anchor_flow
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGINT to a process")
+# Same on every TransformerLens line, so not run again under 3.9: the subject is Ctrl-C during the
+# package's import, above the model interface that the tl_class-parametrized tests and test_run.py
+# check on every installed line (docs/development.md, "Test tiers").
+pytestmark = [
+    pytest.mark.same_on_tl_lines,
+    pytest.mark.skipif(sys.platform == "win32", reason="needs SIGINT to a process"),
+]
 
 SLOW_TORCH = """
 import importlib.abc, pathlib, sys, time

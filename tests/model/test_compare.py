@@ -39,6 +39,11 @@ from anchor_flow import (
 from anchor_flow.cli import main
 from anchor_flow.errors import ResultsError
 
+# Same on every TransformerLens line, so not run again under 3.9: the subject is comparing results
+# folders, above the model interface that the tl_class-parametrized tests and test_run.py check on
+# every installed line (docs/development.md, "Test tiers").
+pytestmark = pytest.mark.same_on_tl_lines
+
 _SMALL = {"seeds": (42,), "n_examples": 8, "top_trials": 1, "reweighting_epochs": 1,
           "speed_queries": 2, "n_components": 4}  # fmt: skip
 _RUNS = {

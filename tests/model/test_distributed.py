@@ -36,6 +36,11 @@ from anchor_flow.cli import main
 from anchor_flow.run.distributed import Ranks
 from anchor_flow.run.shards import join_diagnosis
 
+# Same on every TransformerLens line, so not run again under 3.9: the subject is ranks, sharding
+# and the launcher, above the model interface that the tl_class-parametrized tests and test_run.py
+# check on every installed line (docs/development.md, "Test tiers").
+pytestmark = pytest.mark.same_on_tl_lines
+
 ARGS = ["--model", "planted-anchor", "--task", "synthetic-k3", "--seeds", "42,43",
         "--n-examples", "10", "--top-trials", "2", "--epochs", "1", "--null-model", "none",
         "--quiet"]  # fmt: skip

@@ -28,7 +28,13 @@ from anchor_flow.icl.roles import Role
 from anchor_flow.icl.tasks import get_task
 from anchor_flow.models.tl_adapter import adapt
 
-pytestmark = pytest.mark.filterwarnings("ignore")
+# Same on every TransformerLens line, so not run again under 3.9: the subject is Python against the
+# CLI on the same model, above the model interface that the tl_class-parametrized tests and
+# test_run.py check on every installed line (docs/development.md, "Test tiers").
+pytestmark = [
+    pytest.mark.same_on_tl_lines,
+    pytest.mark.filterwarnings("ignore"),
+]
 
 
 @pytest.fixture(scope="module")

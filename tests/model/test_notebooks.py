@@ -16,6 +16,11 @@ from nbclient import NotebookClient
 
 import anchor_flow
 
+# Same on every TransformerLens line, so not run again under 3.9: the subject is the notebooks
+# through the public API, above the model interface that the tl_class-parametrized tests and
+# test_run.py check on every installed line (docs/development.md, "Test tiers").
+pytestmark = pytest.mark.same_on_tl_lines
+
 NOTEBOOKS = sorted((Path(__file__).parents[2] / "notebooks").glob("*.ipynb"))
 CELL_TIMEOUT_S = 180  # per cell; each notebook takes well under a minute on a 2-core CPU
 # The paper's order: §2.1 saliency, §2.2 isolation, §2.3 deep layers, §3.1 re-weighting,

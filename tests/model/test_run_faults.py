@@ -27,7 +27,13 @@ import torch
 
 from anchor_flow import RunConfig, load_model, load_run, run_experiments
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+# Same on every TransformerLens line, so not run again under 3.9: the subject is a killed run's
+# folder and its resume, above the model interface that the tl_class-parametrized tests and
+# test_run.py check on every installed line (docs/development.md, "Test tiers").
+pytestmark = [
+    pytest.mark.same_on_tl_lines,
+    pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork"),
+]
 
 CONFIG = RunConfig(
     task="synthetic-k3", seeds=(42,), n_examples=4, n_components=2,

@@ -23,6 +23,11 @@ from anchor_flow import RunConfig, load_model, load_run, run_experiments
 from anchor_flow.cli import main
 from anchor_flow.errors import AnchorFlowError, ResultsError
 
+# Same on every TransformerLens line, so not run again under 3.9: the subject is the results
+# folder's rules, above the model interface that the tl_class-parametrized tests and test_run.py
+# check on every installed line (docs/development.md, "Test tiers").
+pytestmark = pytest.mark.same_on_tl_lines
+
 TASK = {
     "name": "sst2",  # a user's task that borrows a built-in name
     "format": "Review: {text}\nSentiment:{label}",
