@@ -78,6 +78,26 @@ def test_prompts_file_round_trip_through_the_cli(tmp_path, capsys):
     assert json.loads((out / "saliency.json").read_text())["n_prompts"] == 3
 
 
+def test_prompts_out_never_replaces_a_users_file(tmp_path, capsys):
+    mine = tmp_path / "notes.jsonl"
+    mine.write_text('{"my": "own notes"}\n')
+    args = ["prompts", "--n-examples", "3", "--seeds", "7"]
+    assert main([*args, "--out", str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"{str(mine)!r} exists and holds other content" in err
+    assert mine.read_text() == '{"my": "own notes"}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.jsonl"]  # no temporary file
+    assert main([*args, "--out", str(tmp_path)]) == 2
+    assert "is a folder; expected a JSONL file path" in capsys.readouterr().err
+    # The same command again finds its own file: kept, exit 0.
+    ours = tmp_path / "prompts.jsonl"
+    assert main([*args, "--out", str(ours)]) == 0
+    before = ours.stat().st_mtime_ns
+    assert main([*args, "--out", str(ours)]) == 0
+    assert ours.stat().st_mtime_ns == before
+
+
 def test_task_from_a_description_file_and_a_local_folder(tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()

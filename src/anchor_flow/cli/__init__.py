@@ -136,7 +136,9 @@ def _parser() -> argparse.ArgumentParser:
     prompts = commands.add_parser(
         "prompts", parents=[task], help="write a task's prompts as JSONL (one seed)"
     )
-    prompts.add_argument("--out", type=Path, required=True, help="JSONL file to write")
+    prompts.add_argument("--out", type=Path, required=True,
+                         help="JSONL file to write (an existing file of other content is "
+                         "refused)")  # fmt: skip
     prompts.add_argument(
         "--scheme",
         choices=["per_example", "fixed"],

@@ -137,7 +137,7 @@ def run_prompts_command(args: argparse.Namespace) -> None:
 
     sets, _, _ = prompt_sets(args, args.scheme, None, None)
     prompts = [prompt for prompt_set in sets.values() for prompt in prompt_set]
-    save_prompts(args.out, prompts)
+    save_prompts(args.out, prompts, overwrite=False)  # never a user's own file
     say(f"anchor-flow: wrote {len(prompts)} prompts to {args.out}")
 
 

@@ -192,8 +192,14 @@ class ICLPrompt:
             ) from err
 
 
-def save_prompts(path: str | os.PathLike[str], prompts: Sequence[ICLPrompt]) -> None:
+def save_prompts(
+    path: str | os.PathLike[str], prompts: Sequence[ICLPrompt], *, overwrite: bool = True
+) -> None:
     """Write prompts as JSONL, one per line, atomically (temp file + ``os.replace``).
+
+    ``overwrite=False`` (what ``anchor-flow prompts`` passes) refuses a ``path`` that exists
+    and holds anything but exactly these prompts, and writes nothing; a file that already
+    holds them is kept. A folder at ``path`` is always refused.
 
     Example:
         >>> import tempfile, pathlib
@@ -204,8 +210,22 @@ def save_prompts(path: str | os.PathLike[str], prompts: Sequence[ICLPrompt]) -> 
     """
     from anchor_flow.results.files import write_atomic
 
+    target = Path(path)
     text = "".join(json.dumps(p.to_dict(), ensure_ascii=False) + "\n" for p in prompts)
-    write_atomic(Path(path), lambda handle: handle.write(text.encode("utf-8")))
+    if target.is_dir():
+        raise PromptError(f"{str(target)!r} is a folder; expected a JSONL file path")
+    if not overwrite and target.exists():
+        try:
+            same = target.read_bytes() == text.encode("utf-8")
+        except OSError as error:
+            raise PromptError(f"{str(target)!r} cannot be read ({error.strerror})") from None
+        if not same:
+            raise PromptError(
+                f"{str(target)!r} exists and holds other content than these prompts; move it "
+                "away or choose another --out file (nothing was written)"
+            )
+        return
+    write_atomic(target, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def load_prompts(path: str | os.PathLike[str]) -> list[ICLPrompt]:
