@@ -29,8 +29,8 @@ from anchor_flow.testbeds.toy import toy_prompts
 from conftest import assert_no_hooks
 
 TL4 = hooked_transformer_class() is None
-# The TransformerLens 3.9 line: HookedTransformer for the families TL 3.9 converts, its
-# bridge for the others (TL 3.9's auto choice is HookedTransformer, which refuses them).
+# What tl_class="auto" picks on the TransformerLens 3.9 line: HookedTransformer for the
+# families TL 3.9 converts, its bridge for the others (which HookedTransformer refuses).
 HOOKED_39 = {"gpt2", "gptj", "gpt-neo", "gpt-neox", "opt", "bloom", "llama", "mistral", "qwen2",
              "qwen3", "phi3"}  # fmt: skip
 # Every family agrees to 1e-5 relative (max |error| / max |oracle|); measured <= 6e-7 on
@@ -99,7 +99,7 @@ def test_saliency_equals_hf_eager_oracle(
 ) -> None:
     torch.set_num_threads(1)
     folder = _folder(folders, family, tmp_path_factory.getbasetemp(), toy_tokenizer)
-    model = load_model(folder, tl_class=_tl_class(family))  # type: ignore[arg-type]
+    model = load_model(folder)  # tl_class="auto": the bridge where hooked cannot convert
     assert adapt(model).kind == _tl_class(family)
     batch = tokenize_prompts(toy_prompts(3, seed=1), adapt(model).tokenizer)
     result = run_saliency(model, batch, keep_maps=True, progress=False)

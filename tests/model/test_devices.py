@@ -29,7 +29,7 @@ from anchor_flow import (
     synthetic_prompts,
 )
 from anchor_flow.cli import main
-from anchor_flow.models.tl_adapter import hooked_transformer_class
+from anchor_flow.models.tl_adapter import adapt, hooked_transformer_class
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -80,6 +80,13 @@ def test_bad_device_maps_are_refused_before_loading(kwargs: dict[str, Any], mess
 def test_device_map_is_refused_for_hooked_transformer() -> None:
     with pytest.raises(ModelLoadError, match="needs tl_class='bridge'"):
         load_model("planted-anchor", tl_class="hooked", device_map="auto")
+
+
+def test_auto_takes_the_bridge_for_a_device_map() -> None:
+    """tl_class="auto" with a device map is the bridge on every line (on TL 3.9, where auto
+    means HookedTransformer, it was refused)."""
+    mapped = load_model("planted-anchor", device_map=_planted_map("cpu", "cpu"))
+    assert adapt(mapped).kind == "bridge"
 
 
 def test_cli_device_map_file_is_read_and_recorded(tmp_path: Path) -> None:

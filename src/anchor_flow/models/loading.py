@@ -144,9 +144,14 @@ def from_hf_model(hf_model: Any, tokenizer: Any, *, tl_class: TLClass = "auto") 
             "PreTrainedModel (e.g. GPT2LMHeadModel)"
         )
     name = str(getattr(hf_model.config, "name_or_path", "") or type(hf_model).__name__)
+    model = None
     if kind == "hooked":
-        model = tl_build.build_hooked_transformer(hf_model.eval(), tokenizer, name=name)
-    else:
+        try:
+            model = tl_build.build_hooked_transformer(hf_model.eval(), tokenizer, name=name)
+        except tl_build.HookedConversionError:
+            if tl_class != "auto":  # the user asked for HookedTransformer: say it cannot
+                raise
+    if model is None:  # "auto" takes the bridge where HookedTransformer cannot convert
         model = tl_build.build_bridge(hf_model.eval(), tokenizer, name=name)
     if tokenizer is not None:  # TL's tokenizer copy always adds BOS; the checkpoint's may not
         bos.record_checkpoint_bos(model, tokenizer)
@@ -294,7 +299,8 @@ def load_model(
         source: a TL model (returned as-is), a built-in name (:func:`builtin_model_names`),
             a local Hugging Face checkpoint folder, or a hub name.
         tl_class: ``"hooked"`` (HookedTransformer, transformer-lens 3.x), ``"bridge"``
-            (TransformerBridge) or ``"auto"`` (HookedTransformer where installed).
+            (TransformerBridge) or ``"auto"`` (HookedTransformer where installed, able to
+            convert the architecture and no ``device_map`` is given, else TransformerBridge).
         device, dtype: where and in which precision to load (default: CPU, float32).
         device_map: split the model over devices with Hugging Face / accelerate's device map
             (``"auto"``, or ``{module name: device}`` such as ``{"transformer.h.0": 0, ...,
@@ -320,6 +326,8 @@ def load_model(
         model = source
     else:
         kind = _resolve_tl_class(tl_class)
+        if tl_class == "auto" and device_map is not None:
+            kind = "bridge"  # only the bridge takes a device map
         _check_device_map(device_map, kind, device)
         if source in _BUILTIN_MODELS:
             folder, is_folder = str(_builtin_folder(source)), True
@@ -337,7 +345,8 @@ def load_model(
         )
         name = source if not is_folder or source in _BUILTIN_MODELS else Path(folder).name
         hf_model.config.name_or_path = name
-        model = from_hf_model(hf_model, tokenizer, tl_class=kind)
+        # "auto" again: a HookedTransformer that cannot convert the architecture is a bridge
+        model = from_hf_model(hf_model, tokenizer, tl_class=tl_class if kind == "hooked" else kind)
     tl_build.warn_if_value_biases_folded(model)
     if check_hooks:
         guards.check_attention_hooks_live(model)

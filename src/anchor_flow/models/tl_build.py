@@ -31,6 +31,12 @@ from anchor_flow.models.tl_adapter import adapt, hooked_transformer_class, tl_ve
 
 __all__ = ["build_bridge", "build_hooked_transformer", "warn_if_value_biases_folded"]
 
+
+class HookedConversionError(ModelLoadError):
+    """TransformerLens 3.x's HookedTransformer cannot convert this architecture (``"auto"``
+    then takes the bridge)."""
+
+
 HOOKED_ARCHITECTURES = (
     "GPT2LMHeadModel",
     "GPTNeoXForCausalLM",
@@ -89,7 +95,7 @@ def build_hooked_transformer(
             cfg = tl_loading.get_pretrained_model_config(tmp, device=device, dtype=dtype)
             state_dict = tl_loading.get_pretrained_state_dict(tmp, cfg, hf_model=hf_model)
         except (KeyError, ValueError, NotImplementedError, AttributeError) as error:
-            raise ModelLoadError(
+            raise HookedConversionError(
                 f"HookedTransformer cannot convert {name!r} ({_architecture(hf_model)}): "
                 f"{error}; anchor_flow converts {', '.join(HOOKED_ARCHITECTURES)}, or use "
                 "tl_class='bridge'"
