@@ -66,7 +66,7 @@ def main() -> int:
             worker.join()
     lines = log.read_text(errors="replace").splitlines()
     for name, seconds in _steps(lines, total):
-        print(f"{seconds:7.0f} s  {name}")
+        print(f"{max(seconds, 0.0):7.0f} s  {name}")
     print(f"{total:7.0f} s  total ({total / 60:.1f} min), exit code {done.returncode}; "
           f"log: {log}")  # fmt: skip
     if not args.keep:
