@@ -205,3 +205,19 @@ def test_prompts_longer_than_the_context_fail_or_are_skipped_and_counted(tmp_pat
     summary = json.loads((tmp_path / "lenient" / "saliency.json").read_text())
     assert summary["n_prompts"] == 2
     assert summary["settings"]["skipped_too_long"] == {"42": 1}
+
+
+@pytest.mark.parametrize(("model", "task"), [("planted-anchor", "synthetic-k3"),
+                                             ("toy-gpt2", "toy-sentiment")])  # fmt: skip
+def test_the_default_task_on_another_built_in_model_names_its_task(tmp_path, capsys, model, task):
+    args = ["saliency", "--model", model, "--n-examples", "4", "--seeds", "42", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "label word" in err
+    assert "no --task was given, and the default 'demo-k3' is the demo model's task" in err
+    assert f"--task {task}" in err
+    # The task it names runs; a label-word refusal on a task the user gave has no such hint.
+    assert main([*args, "--task", task, "--out", str(tmp_path / "b")]) == 0
+    assert main([*args, "--task", "demo-k3", "--out", str(tmp_path / "c")]) == 2
+    assert "no --task was given" not in capsys.readouterr().err

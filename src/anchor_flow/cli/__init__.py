@@ -200,6 +200,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code if code is not None else 143
 
 
+def _default_task_hint(
+    error: Exception, args: argparse.Namespace, argv: Sequence[str] | None
+) -> str:
+    """A label-word refusal on the default task, which is the demo model's: name the fix."""
+    from anchor_flow.errors import LabelWordError
+
+    words = list(sys.argv[1:] if argv is None else argv)
+    given = any(
+        w in ("--task", "--prompts") or w.startswith(("--task=", "--prompts=")) for w in words
+    )
+    if not isinstance(error, LabelWordError) or given or not hasattr(args, "task"):
+        return ""
+    return (
+        f" (no --task was given, and the default {args.task!r} is the demo model's task: the "
+        "planted models take --task synthetic-k3, toy-gpt2 --task toy-sentiment, a checkpoint "
+        "a paper task such as --task sst2)"
+    )
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -217,7 +236,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except AnchorFlowError as error:  # every rank of a torchrun run has it: rank 0 says it
         message = " ".join(str(error).split())  # one line, whatever the message holds
         message = message.replace("restart=True (--restart)", "--restart")  # the CLI's word
-        _say(f"anchor-flow: error: {message}\n")
+        _say(f"anchor-flow: error: {message}{_default_task_hint(error, args, argv)}\n")
         return 2
     except DistributedRunError as error:  # another rank failed; rank 0 shows its traceback
         _say(f"anchor-flow: error: {error}\n{error.trace}")
