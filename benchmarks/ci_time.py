@@ -13,7 +13,6 @@ say what else ran next to the numbers. Example::
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import re
 import shutil
@@ -23,12 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from contention import busy_processes  # benchmarks/contention.py, beside this file
+
 STEP = re.compile(r"^== (?P<name>.*) \(at (?P<at>\d+)s\) ==$")
-
-
-def _busy() -> None:
-    while True:
-        pass
 
 
 def _steps(lines: list[str], total: float) -> list[tuple[str, float]]:
@@ -51,19 +47,11 @@ def main() -> int:
     log = Path(args.log or f"{tempfile.gettempdir()}/ci-time-{commit}-busy{args.busy}.log")
     print(f"commit {commit}; cores: {os.cpu_count()}; busy processes: {args.busy}; "
           f"load average before: {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
-    workers = [multiprocessing.Process(target=_busy, daemon=True) for _ in range(args.busy)]
-    for worker in workers:
-        worker.start()
     clock = time.perf_counter()
-    try:
-        with log.open("w") as sink:
-            done = subprocess.run([str(clone / ".ci" / "run")], cwd=clone, stdout=sink,
-                                  stderr=subprocess.STDOUT, check=False)  # fmt: skip
-    finally:
-        total = time.perf_counter() - clock
-        for worker in workers:
-            worker.terminate()
-            worker.join()
+    with busy_processes(args.busy), log.open("w") as sink:
+        done = subprocess.run([str(clone / ".ci" / "run")], cwd=clone, stdout=sink,
+                              stderr=subprocess.STDOUT, check=False)  # fmt: skip
+    total = time.perf_counter() - clock
     lines = log.read_text(errors="replace").splitlines()
     for name, seconds in _steps(lines, total):
         print(f"{max(seconds, 0.0):7.0f} s  {name}")

@@ -19,6 +19,7 @@ the numbers. Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import shutil
@@ -26,12 +27,27 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
 def _busy() -> None:
     while True:
         pass
+
+
+@contextlib.contextmanager
+def busy_processes(count: int) -> Iterator[None]:
+    """``count`` pure-Python busy-loop processes for the duration of the block."""
+    workers = [multiprocessing.Process(target=_busy, daemon=True) for _ in range(count)]
+    for worker in workers:
+        worker.start()
+    try:
+        yield
+    finally:
+        for worker in workers:
+            worker.terminate()
+            worker.join()
 
 
 def _timed_run(extra: list[str], env: dict[str, str]) -> float:
@@ -46,15 +62,8 @@ def _timed_run(extra: list[str], env: dict[str, str]) -> float:
 
 
 def _loaded(extra: list[str], env: dict[str, str], busy: int) -> float:
-    workers = [multiprocessing.Process(target=_busy, daemon=True) for _ in range(busy)]
-    for worker in workers:
-        worker.start()
-    try:
+    with busy_processes(busy):
         return _timed_run(extra, env)
-    finally:
-        for worker in workers:
-            worker.terminate()
-            worker.join()
 
 
 def main() -> None:

@@ -16,9 +16,9 @@ from anchor_flow.models import tl_adapter
 from anchor_flow.testbeds.toy import build_toy_tokenizer
 
 # One intra-op thread per test process (and for the processes the tests start), as a run does
-# for small models (anchor_flow.run.threads): every model here is tiny, pytest-xdist already
-# gives each core a worker, and on a busy machine torch's spin-waiting OpenMP pool made the
-# suite several times slower. A user who set OMP_NUM_THREADS keeps their choice.
+# for small models (anchor_flow.run.threads): every model here is tiny and pytest-xdist already
+# gives each core a worker (with two busy processes beside it, the 4.x suite took 392 s instead
+# of 405 s; benchmarks/logs/ci_time.txt). A user who set OMP_NUM_THREADS keeps their choice.
 if "OMP_NUM_THREADS" not in os.environ:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
